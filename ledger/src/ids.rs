@@ -46,7 +46,7 @@ macro_rules! id_type {
                 Self(Uuid::now_v7())
             }
 
-            pub fn as_uuid(&self) -> Uuid {
+            pub fn as_uuid(self) -> Uuid {
                 self.0
             }
         }

@@ -1,0 +1,122 @@
+//! Group commit: concurrent requests are coalesced into few database transactions.
+//!
+//! Requests wait in one queue; each of a few flushers takes everything waiting (up to a bound)
+//! and commits it as one batch. While one batch commits, the next one gathers, so the busier
+//! the ledger, the larger the batches and the fewer the commits per transfer. Nothing waits on a
+//! timer: an idle ledger commits a lone request at once.
+
+use std::sync::Arc;
+
+use credex_ledger::{Transfer, TransferResult};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit};
+
+use crate::{Store, StoreError};
+
+/// Bounds of the group committer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommitConfig {
+    /// The most transfers one database transaction carries.
+    pub max_group_transfers: usize,
+    /// The most transfers waiting or committing at once; further requests wait for room.
+    pub max_queued_transfers: usize,
+    /// How many transactions may commit at once.
+    pub flushers: usize,
+}
+
+impl GroupCommitConfig {
+    /// Defaults for a backend: several flushers on PostgreSQL, one on SQLite (one writer).
+    pub fn for_backend(backend: crate::Backend) -> Self {
+        Self {
+            max_group_transfers: 16_380,
+            max_queued_transfers: 262_144,
+            flushers: match backend {
+                crate::Backend::Postgres => 3,
+                crate::Backend::Sqlite => 1,
+            },
+        }
+    }
+}
+
+pub(crate) struct Job {
+    pub transfers: Vec<Transfer>,
+    pub reply: oneshot::Sender<Result<Vec<TransferResult>, StoreError>>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+pub(crate) struct Queue {
+    receiver: mpsc::UnboundedReceiver<Job>,
+    carry: Option<Job>,
+}
+
+impl Queue {
+    pub fn new(receiver: mpsc::UnboundedReceiver<Job>) -> Self {
+        Self {
+            receiver,
+            carry: None,
+        }
+    }
+
+    /// Waits for a request, then takes every other one already waiting, up to `max`
+    /// transfers. `None` once the queue is closed and empty.
+    async fn next_group(&mut self, max: usize) -> Option<Vec<Job>> {
+        let first = match self.carry.take() {
+            Some(job) => job,
+            None => self.receiver.recv().await?,
+        };
+        let mut total = first.transfers.len();
+        let mut group = vec![first];
+        while let Ok(job) = self.receiver.try_recv() {
+            if total + job.transfers.len() > max {
+                self.carry = Some(job);
+                break;
+            }
+            total += job.transfers.len();
+            group.push(job);
+        }
+        Some(group)
+    }
+}
+
+/// One flusher: commits groups until the queue closes.
+pub(crate) async fn flusher(store: Arc<dyn Store>, queue: Arc<Mutex<Queue>>, max: usize) {
+    loop {
+        let group = queue.lock().await.next_group(max).await;
+        let Some(group) = group else {
+            return;
+        };
+        commit_group(store.as_ref(), group).await;
+    }
+}
+
+async fn commit_group(store: &dyn Store, group: Vec<Job>) {
+    let mut requests = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for job in group {
+        requests.push(job.transfers);
+        replies.push((job.reply, job.permit));
+    }
+    match store.commit(&requests).await {
+        Ok(results) => {
+            for ((reply, _permit), result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(error) if requests.len() > 1 && !matches!(error, StoreError::Busy { .. }) => {
+            // One request may be poison; commit each alone so the others still land.
+            tracing::warn!(%error, requests = requests.len(), "group commit failed; committing requests one by one");
+            for (request, (reply, _permit)) in requests.into_iter().zip(replies) {
+                let result = store
+                    .commit(std::slice::from_ref(&request))
+                    .await
+                    .map(|mut results| results.pop().unwrap_or_default());
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            let error = Arc::new(error);
+            for (reply, _permit) in replies {
+                let _ = reply.send(Err(StoreError::Shared(error.clone())));
+            }
+        }
+    }
+}

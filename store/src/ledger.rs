@@ -1,0 +1,167 @@
+//! [`Ledger`]: the store behind a group committer, with the conveniences every feature needs.
+
+use std::sync::{Arc, RwLock};
+
+use credex_ledger::{
+    Account, AccountId, AccountKind, AssetClass, AssetCode, Owner, Transfer, TransferResult,
+    BATCH_MAX,
+};
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::group_commit::{flusher, GroupCommitConfig, Job, Queue};
+use crate::{AccountView, CreateAccountError, Store, StoreError};
+
+/// The ledger as the rest of Credex uses it.
+#[derive(Debug)]
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    sender: RwLock<Option<mpsc::UnboundedSender<Job>>>,
+    room: Arc<Semaphore>,
+    flushers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({} transfers)", self.transfers.len())
+    }
+}
+
+impl Ledger {
+    /// Starts the group committer's flushers on the current Tokio runtime.
+    pub fn new(store: Arc<dyn Store>, config: GroupCommitConfig) -> Self {
+        assert!(
+            config.max_group_transfers >= BATCH_MAX,
+            "a group must fit one request"
+        );
+        assert!(
+            config.max_queued_transfers >= BATCH_MAX,
+            "the queue must fit one request"
+        );
+        assert!(config.flushers >= 1);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(Queue::new(receiver)));
+        let flushers = (0..config.flushers)
+            .map(|_| {
+                tokio::spawn(flusher(
+                    store.clone(),
+                    queue.clone(),
+                    config.max_group_transfers,
+                ))
+            })
+            .collect();
+        Self {
+            store,
+            sender: RwLock::new(Some(sender)),
+            room: Arc::new(Semaphore::new(config.max_queued_transfers)),
+            flushers: Mutex::new(flushers),
+        }
+    }
+
+    /// With the backend's default group-commit bounds.
+    pub fn with_defaults(store: Arc<dyn Store>) -> Self {
+        let config = GroupCommitConfig::for_backend(store.backend());
+        Self::new(store, config)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Creates up to [`BATCH_MAX`] transfers; one result per transfer, in order. Returns once
+    /// the batch that carried them has committed durably.
+    pub async fn create_transfers(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Result<Vec<TransferResult>, StoreError> {
+        if transfers.is_empty() {
+            return Ok(Vec::new());
+        }
+        if transfers.len() > BATCH_MAX {
+            return Err(StoreError::BatchTooLarge {
+                max: BATCH_MAX,
+                got: transfers.len(),
+            });
+        }
+        let count = u32::try_from(transfers.len()).expect("bounded by BATCH_MAX");
+        let permit = self
+            .room
+            .clone()
+            .acquire_many_owned(count)
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let sender = self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Job {
+                transfers,
+                reply,
+                permit,
+            })
+            .map_err(|_| StoreError::ShuttingDown)?;
+        drop(sender);
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Stops taking requests, commits every request already taken, and waits for the
+    /// flushers to finish. Nothing acknowledged or queued is lost.
+    pub async fn close(&self) {
+        self.sender
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let flushers = std::mem::take(&mut *self.flushers.lock().await);
+        for flusher in flushers {
+            if let Err(error) = flusher.await {
+                tracing::error!(%error, "a group-commit flusher failed");
+            }
+        }
+    }
+
+    /// Creates an asset (if missing) with the provider's accounts for it: `issuance`,
+    /// `spent` and `expired`, plus `fees` for credits or `treasury` for tokens.
+    pub async fn ensure_asset(&self, code: &AssetCode) -> Result<(), StoreError> {
+        self.store.create_asset(code).await?;
+        let extra = match code.class() {
+            AssetClass::Credit => AccountKind::Fees,
+            AssetClass::Token => AccountKind::Treasury,
+        };
+        for kind in [
+            AccountKind::Issuance,
+            AccountKind::Spent,
+            AccountKind::Expired,
+            extra,
+        ] {
+            self.ensure_account(code, Owner::Provider, kind).await?;
+        }
+        Ok(())
+    }
+
+    /// The account of this owner, kind and asset, created if missing.
+    pub async fn ensure_account(
+        &self,
+        asset: &AssetCode,
+        owner: Owner,
+        kind: AccountKind,
+    ) -> Result<AccountView, StoreError> {
+        if let Some(view) = self.store.find_account(asset, owner, kind).await? {
+            return Ok(view);
+        }
+        let account = Account::new(AccountId::generate(), asset.clone(), owner, kind)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        match self.store.create_accounts(&[account]).await?.pop() {
+            Some(Ok(()) | Err(CreateAccountError::DuplicateOwnerKindAsset)) => {}
+            Some(Err(error)) => return Err(StoreError::Corrupt(error.to_string())),
+            None => return Err(StoreError::corrupt("no result for a created account")),
+        }
+        self.store
+            .find_account(asset, owner, kind)
+            .await?
+            .ok_or_else(|| StoreError::corrupt("a created account is missing"))
+    }
+}

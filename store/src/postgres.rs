@@ -1,0 +1,339 @@
+//! PostgreSQL, the production store: the dialect and the connection.
+//!
+//! Batches run at READ COMMITTED with explicit row locks taken in the crate's fixed order, so
+//! any number of processes can share one database. Lists are bound as arrays; bulk writes go
+//! through `UNNEST`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use credex_ledger::{Clock, PendingRecord, Timestamp, TransferError, TransferId, TransferRecord};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::sql::{shared_store, AccountCache};
+use crate::StoreError;
+
+/// The ledger in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    cache: Arc<AccountCache>,
+}
+
+impl PostgresStore {
+    /// Connects with durable commits (`synchronous_commit = on`) and runs migrations.
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        Self::connect_with(url, clock, 16).await
+    }
+
+    /// As [`PostgresStore::connect`], with a pool of at most `max_connections`.
+    pub async fn connect_with(
+        url: &str,
+        clock: Arc<dyn Clock>,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?
+            .options([("synchronous_commit", "on"), ("lock_timeout", "30s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            clock,
+            cache: Arc::default(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+shared_store!(PostgresStore, sqlx::Postgres, dialect, Backend::Postgres);
+
+mod dialect {
+    use super::*;
+
+    pub const FOR_UPDATE: &str = " FOR UPDATE";
+    pub const FOR_SHARE: &str = " FOR SHARE";
+    pub const FOR_UPDATE_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+
+    pub async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        pool.begin().await
+    }
+
+    /// A read-only transaction that sees one snapshot of the database.
+    pub async fn begin_snapshot(
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+    }
+
+    /// `column` is one of the UUIDs bound as `$1`.
+    pub fn in_uuids(column: &str) -> String {
+        format!("{column} = ANY($1)")
+    }
+
+    pub fn uuid_list(ids: &[Uuid]) -> Vec<Uuid> {
+        ids.to_vec()
+    }
+
+    /// `column` is one of the strings bound as `$1`.
+    pub fn in_texts(column: &str) -> String {
+        format!("{column} = ANY($1)")
+    }
+
+    pub fn text_list(items: &[String]) -> Vec<String> {
+        items.to_vec()
+    }
+
+    /// Serialization failures, deadlocks, a concurrent insert of the same key, lock timeouts.
+    pub fn is_retryable(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Database(db) => matches!(
+                db.code().as_deref(),
+                Some("40001" | "40P01" | "23505" | "55P03")
+            ),
+            _ => false,
+        }
+    }
+
+    /// Locks the given balance stripes in key order and reads them.
+    pub async fn lock_balances(
+        conn: &mut PgConnection,
+        keys: &[(Uuid, i16)],
+    ) -> Result<Vec<(Uuid, i16, [i64; 4])>, sqlx::Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (accounts, slots): (Vec<Uuid>, Vec<i16>) = keys.iter().copied().unzip();
+        let rows = sqlx::query(
+            "SELECT account_id, slot, debits_pending, debits_posted, credits_pending, credits_posted \
+             FROM account_balances \
+             WHERE (account_id, slot) IN (SELECT * FROM UNNEST($1::uuid[], $2::int2[])) \
+             ORDER BY account_id, slot FOR UPDATE",
+        )
+        .bind(accounts)
+        .bind(slots)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("account_id")?,
+                    row.try_get("slot")?,
+                    [
+                        row.try_get("debits_pending")?,
+                        row.try_get("debits_posted")?,
+                        row.try_get("credits_pending")?,
+                        row.try_get("credits_posted")?,
+                    ],
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn insert_transfers(
+        conn: &mut PgConnection,
+        records: &[TransferRecord],
+    ) -> Result<(), sqlx::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut debits = Vec::with_capacity(n);
+        let mut credits = Vec::with_capacity(n);
+        let mut assets = Vec::with_capacity(n);
+        let mut amounts = Vec::with_capacity(n);
+        let mut pending_ids = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut timeouts = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut linked = Vec::with_capacity(n);
+        let mut timestamps = Vec::with_capacity(n);
+        for record in records {
+            ids.push(record.id.as_uuid());
+            kinds.push(record.kind.number());
+            debits.push(record.debit_account_id.as_uuid());
+            credits.push(record.credit_account_id.as_uuid());
+            assets.push(record.asset.as_str());
+            amounts.push(record.amount.as_i64());
+            pending_ids.push(record.pending_id.map(|id| id.as_uuid()));
+            codes.push(record.code.number());
+            timeouts.push(record.timeout_seconds.map(i64::from));
+            metadata.push(record.metadata.as_str());
+            linked.push(record.linked);
+            timestamps.push(record.timestamp.as_micros());
+        }
+        sqlx::query(
+            "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, asset, amount, \
+             pending_id, code, timeout_seconds, metadata, linked, timestamp) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int2[], $3::uuid[], $4::uuid[], $5::text[], \
+             $6::int8[], $7::uuid[], $8::int2[], $9::int8[], $10::text[], $11::bool[], $12::int8[])",
+        )
+        .bind(ids)
+        .bind(kinds)
+        .bind(debits)
+        .bind(credits)
+        .bind(assets)
+        .bind(amounts)
+        .bind(pending_ids)
+        .bind(codes)
+        .bind(timeouts)
+        .bind(metadata)
+        .bind(linked)
+        .bind(timestamps)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_pendings(
+        conn: &mut PgConnection,
+        records: &[PendingRecord],
+    ) -> Result<(), sqlx::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let column = |f: &dyn Fn(&PendingRecord) -> Option<i64>| -> Vec<Option<i64>> {
+            records.iter().map(f).collect()
+        };
+        let ids: Vec<Uuid> = records.iter().map(|p| p.id.as_uuid()).collect();
+        let debits: Vec<Uuid> = records
+            .iter()
+            .map(|p| p.debit_account_id.as_uuid())
+            .collect();
+        let credits: Vec<Uuid> = records
+            .iter()
+            .map(|p| p.credit_account_id.as_uuid())
+            .collect();
+        let assets: Vec<&str> = records.iter().map(|p| p.asset.as_str()).collect();
+        let amounts = column(&|p| Some(p.amount.as_i64()));
+        let codes: Vec<i16> = records.iter().map(|p| p.code.number()).collect();
+        let timestamps = column(&|p| Some(p.timestamp.as_micros()));
+        let expires = column(&|p| p.expires_at.map(Timestamp::as_micros));
+        let states: Vec<i16> = records.iter().map(|p| p.state.number()).collect();
+        let resolved_at = column(&|p| p.resolved_at.map(Timestamp::as_micros));
+        let resolved_by: Vec<Option<Uuid>> = records
+            .iter()
+            .map(|p| p.resolved_by.map(TransferId::as_uuid))
+            .collect();
+        sqlx::query(
+            "INSERT INTO pending_transfers (id, debit_account_id, credit_account_id, asset, amount, \
+             code, timestamp, expires_at, state, resolved_at, resolved_by) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], \
+             $6::int2[], $7::int8[], $8::int8[], $9::int2[], $10::int8[], $11::uuid[])",
+        )
+        .bind(ids)
+        .bind(debits)
+        .bind(credits)
+        .bind(assets)
+        .bind(amounts)
+        .bind(codes)
+        .bind(timestamps)
+        .bind(expires)
+        .bind(states)
+        .bind(resolved_at)
+        .bind(resolved_by)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_pendings(
+        conn: &mut PgConnection,
+        records: &[PendingRecord],
+    ) -> Result<(), sqlx::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = records.iter().map(|p| p.id.as_uuid()).collect();
+        let states: Vec<i16> = records.iter().map(|p| p.state.number()).collect();
+        let resolved_at: Vec<Option<i64>> = records
+            .iter()
+            .map(|p| p.resolved_at.map(Timestamp::as_micros))
+            .collect();
+        let resolved_by: Vec<Option<Uuid>> = records
+            .iter()
+            .map(|p| p.resolved_by.map(TransferId::as_uuid))
+            .collect();
+        sqlx::query(
+            "UPDATE pending_transfers AS p \
+             SET state = u.state, resolved_at = u.resolved_at, resolved_by = u.resolved_by \
+             FROM UNNEST($1::uuid[], $2::int2[], $3::int8[], $4::uuid[]) \
+               AS u(id, state, resolved_at, resolved_by) \
+             WHERE p.id = u.id",
+        )
+        .bind(ids)
+        .bind(states)
+        .bind(resolved_at)
+        .bind(resolved_by)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_failures(
+        conn: &mut PgConnection,
+        failures: &[(TransferId, TransferError)],
+        now: Timestamp,
+    ) -> Result<(), sqlx::Error> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = failures.iter().map(|(id, _)| id.as_uuid()).collect();
+        let errors: Vec<&str> = failures.iter().map(|(_, error)| error.name()).collect();
+        sqlx::query(
+            "INSERT INTO transfer_failures (id, error, timestamp) \
+             SELECT id, error, $3 FROM UNNEST($1::uuid[], $2::text[]) AS f(id, error)",
+        )
+        .bind(ids)
+        .bind(errors)
+        .bind(now.as_micros())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds each change to its stripe; the stripes were locked beforehand.
+    pub async fn apply_deltas(
+        conn: &mut PgConnection,
+        changes: &[(Uuid, i16, [i64; 4])],
+    ) -> Result<(), sqlx::Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let accounts: Vec<Uuid> = changes.iter().map(|c| c.0).collect();
+        let slots: Vec<i16> = changes.iter().map(|c| c.1).collect();
+        let total = |i: usize| -> Vec<i64> { changes.iter().map(|c| c.2[i]).collect() };
+        sqlx::query(
+            "UPDATE account_balances AS b SET \
+               debits_pending = b.debits_pending + d.debits_pending, \
+               debits_posted = b.debits_posted + d.debits_posted, \
+               credits_pending = b.credits_pending + d.credits_pending, \
+               credits_posted = b.credits_posted + d.credits_posted \
+             FROM UNNEST($1::uuid[], $2::int2[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+               AS d(account_id, slot, debits_pending, debits_posted, credits_pending, credits_posted) \
+             WHERE b.account_id = d.account_id AND b.slot = d.slot",
+        )
+        .bind(accounts)
+        .bind(slots)
+        .bind(total(0))
+        .bind(total(1))
+        .bind(total(2))
+        .bind(total(3))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}

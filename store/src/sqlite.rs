@@ -1,0 +1,309 @@
+//! SQLite, the embedded store: the dialect and the connection.
+//!
+//! WAL with `synchronous = FULL`, so a commit is on disk before it is acknowledged. Writers take
+//! the database lock up front (`BEGIN IMMEDIATE`), so transactions never deadlock and the
+//! row-lock clauses of the shared SQL are empty here. Lists are bound as one JSON array and
+//! unpacked with `json_each`; UUIDs travel in it as 32 hex digits.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use credex_ledger::{Clock, PendingRecord, Timestamp, TransferError, TransferId, TransferRecord};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use crate::sql::{shared_store, AccountCache};
+use crate::StoreError;
+
+/// The ledger in an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+    cache: Arc<AccountCache>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file of a `sqlite:` URL and runs migrations.
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Self {
+            pool,
+            clock,
+            cache: Arc::default(),
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+shared_store!(SqliteStore, sqlx::Sqlite, dialect, Backend::Sqlite);
+
+fn hex(uuid: Uuid) -> String {
+    uuid.simple().to_string()
+}
+
+mod dialect {
+    use super::*;
+
+    pub const FOR_UPDATE: &str = "";
+    pub const FOR_SHARE: &str = "";
+    pub const FOR_UPDATE_SKIP_LOCKED: &str = "";
+
+    pub async fn begin_write(
+        pool: &SqlitePool,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// In WAL mode a read transaction sees one snapshot from its first read on.
+    pub async fn begin_snapshot(
+        pool: &SqlitePool,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN DEFERRED").await
+    }
+
+    /// `column` is one of the UUIDs bound as `$1` (a JSON array of hex strings).
+    pub fn in_uuids(column: &str) -> String {
+        format!("{column} IN (SELECT unhex(value) FROM json_each($1))")
+    }
+
+    pub fn uuid_list(ids: &[Uuid]) -> String {
+        let hexes: Vec<String> = ids.iter().copied().map(hex).collect();
+        serde_json::to_string(&hexes).expect("strings serialize")
+    }
+
+    /// `column` is one of the strings bound as `$1` (a JSON array).
+    pub fn in_texts(column: &str) -> String {
+        format!("{column} IN (SELECT value FROM json_each($1))")
+    }
+
+    pub fn text_list(items: &[String]) -> String {
+        serde_json::to_string(items).expect("strings serialize")
+    }
+
+    /// A busy or locked database.
+    pub fn is_retryable(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Database(db) => {
+                matches!(
+                    db.code().as_deref(),
+                    Some("5" | "6" | "261" | "262" | "517")
+                )
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads the given balance stripes; the write lock is already held.
+    pub async fn lock_balances(
+        conn: &mut SqliteConnection,
+        keys: &[(Uuid, i16)],
+    ) -> Result<Vec<(Uuid, i16, [i64; 4])>, sqlx::Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<(String, i16)> = keys.iter().map(|(id, slot)| (hex(*id), *slot)).collect();
+        let rows = sqlx::query(
+            "SELECT account_id, slot, debits_pending, debits_posted, credits_pending, credits_posted \
+             FROM account_balances \
+             WHERE (account_id, slot) IN (SELECT unhex(value ->> 0), value ->> 1 FROM json_each($1)) \
+             ORDER BY account_id, slot",
+        )
+        .bind(serde_json::to_string(&list).expect("keys serialize"))
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("account_id")?,
+                    row.try_get("slot")?,
+                    [
+                        row.try_get("debits_pending")?,
+                        row.try_get("debits_posted")?,
+                        row.try_get("credits_pending")?,
+                        row.try_get("credits_posted")?,
+                    ],
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn insert_transfers(
+        conn: &mut SqliteConnection,
+        records: &[TransferRecord],
+    ) -> Result<(), sqlx::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| {
+                serde_json::json!([
+                    hex(r.id.as_uuid()),
+                    r.kind.number(),
+                    hex(r.debit_account_id.as_uuid()),
+                    hex(r.credit_account_id.as_uuid()),
+                    r.asset.as_str(),
+                    r.amount.as_i64(),
+                    r.pending_id.map(|id| hex(id.as_uuid())),
+                    r.code.number(),
+                    r.timeout_seconds,
+                    r.metadata.as_str(),
+                    i64::from(r.linked),
+                    r.timestamp.as_micros(),
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, asset, amount, \
+             pending_id, code, timeout_seconds, metadata, linked, timestamp) \
+             SELECT unhex(value ->> 0), value ->> 1, unhex(value ->> 2), unhex(value ->> 3), \
+             value ->> 4, value ->> 5, unhex(value ->> 6), value ->> 7, value ->> 8, value ->> 9, \
+             value ->> 10, value ->> 11 FROM json_each($1) ORDER BY key",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_pendings(
+        conn: &mut SqliteConnection,
+        records: &[PendingRecord],
+    ) -> Result<(), sqlx::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .map(|p| {
+                serde_json::json!([
+                    hex(p.id.as_uuid()),
+                    hex(p.debit_account_id.as_uuid()),
+                    hex(p.credit_account_id.as_uuid()),
+                    p.asset.as_str(),
+                    p.amount.as_i64(),
+                    p.code.number(),
+                    p.timestamp.as_micros(),
+                    p.expires_at.map(Timestamp::as_micros),
+                    p.state.number(),
+                    p.resolved_at.map(Timestamp::as_micros),
+                    p.resolved_by.map(|id| hex(id.as_uuid())),
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO pending_transfers (id, debit_account_id, credit_account_id, asset, amount, \
+             code, timestamp, expires_at, state, resolved_at, resolved_by) \
+             SELECT unhex(value ->> 0), unhex(value ->> 1), unhex(value ->> 2), value ->> 3, \
+             value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, \
+             unhex(value ->> 10) FROM json_each($1)",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_pendings(
+        conn: &mut SqliteConnection,
+        records: &[PendingRecord],
+    ) -> Result<(), sqlx::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .map(|p| {
+                serde_json::json!([
+                    hex(p.id.as_uuid()),
+                    p.state.number(),
+                    p.resolved_at.map(Timestamp::as_micros),
+                    p.resolved_by.map(|id| hex(id.as_uuid())),
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "UPDATE pending_transfers AS p \
+             SET state = u.state, resolved_at = u.resolved_at, resolved_by = u.resolved_by \
+             FROM (SELECT unhex(value ->> 0) AS id, value ->> 1 AS state, \
+                   value ->> 2 AS resolved_at, unhex(value ->> 3) AS resolved_by \
+                   FROM json_each($1)) AS u \
+             WHERE p.id = u.id",
+        )
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_failures(
+        conn: &mut SqliteConnection,
+        failures: &[(TransferId, TransferError)],
+        now: Timestamp,
+    ) -> Result<(), sqlx::Error> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, &str)> = failures
+            .iter()
+            .map(|(id, error)| (hex(id.as_uuid()), error.name()))
+            .collect();
+        sqlx::query(
+            "INSERT INTO transfer_failures (id, error, timestamp) \
+             SELECT unhex(value ->> 0), value ->> 1, $2 FROM json_each($1)",
+        )
+        .bind(serde_json::to_string(&rows).expect("failures serialize"))
+        .bind(now.as_micros())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn apply_deltas(
+        conn: &mut SqliteConnection,
+        changes: &[(Uuid, i16, [i64; 4])],
+    ) -> Result<(), sqlx::Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, i16, i64, i64, i64, i64)> = changes
+            .iter()
+            .map(|(id, slot, d)| (hex(*id), *slot, d[0], d[1], d[2], d[3]))
+            .collect();
+        sqlx::query(
+            "UPDATE account_balances AS b SET \
+               debits_pending = b.debits_pending + d.debits_pending, \
+               debits_posted = b.debits_posted + d.debits_posted, \
+               credits_pending = b.credits_pending + d.credits_pending, \
+               credits_posted = b.credits_posted + d.credits_posted \
+             FROM (SELECT unhex(value ->> 0) AS account_id, value ->> 1 AS slot, \
+                   value ->> 2 AS debits_pending, value ->> 3 AS debits_posted, \
+                   value ->> 4 AS credits_pending, value ->> 5 AS credits_posted \
+                   FROM json_each($1)) AS d \
+             WHERE b.account_id = d.account_id AND b.slot = d.slot",
+        )
+        .bind(serde_json::to_string(&rows).expect("changes serialize"))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Credex's integration tests: one binary, every suite on SQLite and PostgreSQL.
+
+mod ledger_rules;
