@@ -1,3 +1,7 @@
 //! Credex's integration tests: one binary, every suite on SQLite and PostgreSQL.
 
+mod bank;
+mod beancount;
 mod ledger_rules;
+mod migrations;
+mod model;
