@@ -1,0 +1,348 @@
+//! `credex bench ledger`: transfers per second on both backends.
+//!
+//! Each backend gets a fresh database with durable commits (PostgreSQL `synchronous_commit =
+//! on`; SQLite WAL with `synchronous = FULL`), one provider and `--accounts` org wallets,
+//! funded up front. Then, for every mix, batch size and number of concurrent submitters,
+//! submitters send batches through one [`Ledger`] (group commit) for `--seconds` and the
+//! transfers acknowledged are counted. Every transfer must succeed; a failure aborts the run.
+//!
+//! Mixes:
+//! - `uniform`: CR trades between two random org wallets (each debit reads a whole balance);
+//! - `hot`: every transfer touches a hot provider account: grants `issuance → wallet` and
+//!   spends `wallet → spent`, half each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use credex_ledger::{
+    Account, AccountId, AccountKind, Amount, AssetCode, Movement, OrgId, Owner, Transfer,
+    TransferCode, TransferId,
+};
+use credex_store::{GroupCommitConfig, Ledger, SystemClock};
+use sqlx::Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    Uniform,
+    Hot,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Backends to measure.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite,postgres"
+    )]
+    pub backends: Vec<BackendArg>,
+    /// A PostgreSQL server URL; the benchmark creates and drops its own database there.
+    #[arg(
+        long,
+        env = "CREDEX_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub postgres_url: String,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Transfers per request.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,8190")]
+    pub batch_sizes: Vec<usize>,
+    /// Concurrent submitters.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub submitters: Vec<usize>,
+    /// Workload mixes.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "uniform,hot")]
+    pub mixes: Vec<Mix>,
+    /// Org wallets to spread transfers over.
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: usize,
+    /// Transactions that may commit at once (default: the backend's).
+    #[arg(long)]
+    pub flushers: Option<usize>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub backend: &'static str,
+    pub mix: Mix,
+    pub batch: usize,
+    pub submitters: usize,
+    pub transfers: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Measurement {
+    pub fn per_second(&self) -> u64 {
+        let micros = u64::try_from(self.elapsed.as_micros().max(1)).unwrap_or(u64::MAX);
+        self.transfers.saturating_mul(1_000_000) / micros
+    }
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Measurement>> {
+    let mut all = Vec::new();
+    println!("| backend | mix | batch | submitters | transfers | seconds | transfers/s | p50 ms | p99 ms |");
+    println!("|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    for backend in &args.backends {
+        let (url, cleanup) = fresh_database(*backend, &args.postgres_url).await?;
+        let result = measure_backend(&url, args).await;
+        cleanup.run().await?;
+        all.extend(result?);
+    }
+    Ok(all)
+}
+
+async fn measure_backend(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<Measurement>> {
+    let store = credex_store::connect(url, Arc::new(SystemClock)).await?;
+    let mut config = GroupCommitConfig::for_backend(store.backend());
+    if let Some(flushers) = args.flushers {
+        config.flushers = flushers;
+    }
+    let ledger = Arc::new(Ledger::new(store.clone(), config));
+    let world = Arc::new(World::open(&ledger, args.accounts).await?);
+    let mut results = Vec::new();
+    for mix in &args.mixes {
+        for batch in &args.batch_sizes {
+            for submitters in &args.submitters {
+                let measurement = measure(&ledger, &world, *mix, *batch, *submitters, args.seconds)
+                    .await
+                    .with_context(|| format!("{mix:?} batch {batch} × {submitters}"))?;
+                println!(
+                    "| {} | {:?} | {} | {} | {} | {}.{:03} | {} | {}.{:03} | {}.{:03} |",
+                    measurement.backend,
+                    measurement.mix,
+                    measurement.batch,
+                    measurement.submitters,
+                    measurement.transfers,
+                    measurement.elapsed.as_secs(),
+                    measurement.elapsed.subsec_millis(),
+                    measurement.per_second(),
+                    measurement.p50.as_millis(),
+                    measurement.p50.as_micros() % 1_000,
+                    measurement.p99.as_millis(),
+                    measurement.p99.as_micros() % 1_000,
+                );
+                results.push(measurement);
+            }
+        }
+    }
+    ledger.close().await;
+    let report = store.check().await?;
+    if !report.is_ok() {
+        bail!("the books do not balance after the benchmark: {report:?}");
+    }
+    Ok(results)
+}
+
+/// The provider's CR accounts and the org wallets.
+struct World {
+    credit: AssetCode,
+    issuance: AccountId,
+    spent: AccountId,
+    wallets: Vec<AccountId>,
+}
+
+impl World {
+    async fn open(ledger: &Ledger, wallets: usize) -> anyhow::Result<Self> {
+        let credit = AssetCode::credit();
+        ledger.ensure_asset(&credit).await?;
+        let provider = |kind| ledger.ensure_account(&credit, Owner::Provider, kind);
+        let issuance = provider(AccountKind::Issuance).await?.account.id();
+        let spent = provider(AccountKind::Spent).await?.account.id();
+        let mut ids = Vec::with_capacity(wallets);
+        for chunk in 0..wallets.div_ceil(1_000) {
+            let count = (wallets - chunk * 1_000).min(1_000);
+            let accounts: Vec<Account> = (0..count)
+                .map(|_| {
+                    let owner = Owner::Org(OrgId::generate());
+                    Account::new(
+                        AccountId::generate(),
+                        credit.clone(),
+                        owner,
+                        AccountKind::Wallet,
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+            for result in ledger.store().create_accounts(&accounts).await? {
+                result?;
+            }
+            ids.extend(accounts.iter().map(Account::id));
+        }
+        let world = Self {
+            credit,
+            issuance,
+            spent,
+            wallets: ids,
+        };
+        for chunk in world.wallets.chunks(credex_ledger::BATCH_MAX) {
+            let grants = chunk
+                .iter()
+                .map(|wallet| world.transfer(world.issuance, *wallet, 1 << 50, TransferCode::Grant))
+                .collect();
+            expect_all_ok(ledger.create_transfers(grants).await?)?;
+        }
+        Ok(world)
+    }
+
+    fn transfer(
+        &self,
+        debit: AccountId,
+        credit: AccountId,
+        amount: u64,
+        code: TransferCode,
+    ) -> Transfer {
+        let amount = Amount::new(amount).expect("a positive amount");
+        let movement = Movement::new(debit, credit, self.credit.clone(), amount, code)
+            .expect("distinct accounts");
+        Transfer::movement(TransferId::generate(), movement)
+    }
+
+    fn random_wallet(&self) -> AccountId {
+        self.wallets[rand::random_range(0..self.wallets.len())]
+    }
+
+    fn batch(&self, mix: Mix, size: usize) -> Vec<Transfer> {
+        (0..size)
+            .map(|_| match mix {
+                Mix::Uniform => {
+                    let debit = self.random_wallet();
+                    let mut credit = self.random_wallet();
+                    while credit == debit {
+                        credit = self.random_wallet();
+                    }
+                    self.transfer(debit, credit, 1, TransferCode::Trade)
+                }
+                Mix::Hot if rand::random::<bool>() => {
+                    self.transfer(self.issuance, self.random_wallet(), 1, TransferCode::Grant)
+                }
+                Mix::Hot => self.transfer(self.random_wallet(), self.spent, 1, TransferCode::Spend),
+            })
+            .collect()
+    }
+}
+
+fn expect_all_ok(results: Vec<credex_ledger::TransferResult>) -> anyhow::Result<()> {
+    match results.into_iter().find_map(Result::err) {
+        None => Ok(()),
+        Some(error) => bail!("a benchmark transfer failed: {error}"),
+    }
+}
+
+async fn measure(
+    ledger: &Arc<Ledger>,
+    world: &Arc<World>,
+    mix: Mix,
+    batch: usize,
+    submitters: usize,
+    seconds: u64,
+) -> anyhow::Result<Measurement> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(submitters);
+    for _ in 0..submitters {
+        let ledger = ledger.clone();
+        let world = world.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut transfers = 0_u64;
+            while Instant::now() < deadline {
+                let transfers_batch = world.batch(mix, batch);
+                let sent = Instant::now();
+                let results = ledger.create_transfers(transfers_batch).await?;
+                latencies.push(sent.elapsed());
+                expect_all_ok(results)?;
+                transfers += u64::try_from(batch).unwrap_or(u64::MAX);
+            }
+            anyhow::Ok((transfers, latencies))
+        }));
+    }
+    let mut transfers = 0;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (count, mut times) = task.await??;
+        transfers += count;
+        latencies.append(&mut times);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    Ok(Measurement {
+        backend: match ledger.store().backend() {
+            credex_store::Backend::Sqlite => "sqlite",
+            credex_store::Backend::Postgres => "postgres",
+        },
+        mix,
+        batch,
+        submitters,
+        transfers,
+        elapsed,
+        p50: percentile(50),
+        p99: percentile(99),
+    })
+}
+
+/// A database made for one benchmark run and removed after it.
+enum Cleanup {
+    Directory(tempfile::TempDir),
+    Postgres { admin: String, name: String },
+}
+
+impl Cleanup {
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Directory(dir) => drop(dir),
+            Self::Postgres { admin, name } => {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn fresh_database(
+    backend: BackendArg,
+    postgres_url: &str,
+) -> anyhow::Result<(String, Cleanup)> {
+    match backend {
+        BackendArg::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}/bench.db", dir.path().display());
+            Ok((url, Cleanup::Directory(dir)))
+        }
+        BackendArg::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(postgres_url)
+                .await
+                .context("connect to PostgreSQL for the benchmark")?;
+            let name = format!("credex_bench_{}", uuid::Uuid::new_v4().simple());
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await?;
+            let host_start = postgres_url.find("://").map_or(0, |i| i + 3);
+            let base = match postgres_url[host_start..].find('/') {
+                Some(slash) => &postgres_url[..host_start + slash],
+                None => postgres_url,
+            };
+            let cleanup = Cleanup::Postgres {
+                admin: postgres_url.to_owned(),
+                name: name.clone(),
+            };
+            Ok((format!("{base}/{name}"), cleanup))
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Background jobs of `credex serve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use credex_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How many pending transfers one expiry pass releases at most.
+pub const EXPIRY_BATCH: u32 = 1_000;
+
+/// Releases pending transfers whose timeout has run out, every `period`, until `stop` turns
+/// true. Safe to run in every process at once: each pass locks what it expires and skips what
+/// another process holds.
+pub fn spawn_expiry(
+    store: Arc<dyn Store>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            loop {
+                match store.expire_pending(EXPIRY_BATCH).await {
+                    Ok(EXPIRY_BATCH) => continue,
+                    Ok(0) => break,
+                    Ok(count) => {
+                        tracing::info!(count, "expired pending transfers");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "expiring pending transfers failed");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}

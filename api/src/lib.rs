@@ -1,0 +1,15 @@
+//! The Credex server: configuration, start-up, HTTP routes and background jobs, plus the
+//! commands of the `credex` binary.
+//!
+//! Architecture invariant: this crate holds no ledger rule. It parses what comes in, calls
+//! `credex-store`'s [`Ledger`](credex_store::Ledger), and renders what comes out.
+
+pub mod bench;
+pub mod config;
+pub mod jobs;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,136 @@
+//! `credex`: the Credex server and its operator commands.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use credex_api::bench::BenchArgs;
+use credex_api::config::redacted;
+use credex_api::{telemetry, Application, Config};
+use credex_store::SystemClock;
+
+/// Credex: the credit exchange and ledger of an AI API provider.
+#[derive(Debug, Parser)]
+#[command(name = "credex", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (SQLite under ./data unless DATABASE_URL names PostgreSQL).
+    Serve(Config),
+    /// Recompute every balance from the journal and report any difference; exits 1 on any.
+    Check(Config),
+    /// Export the books.
+    Export {
+        #[command(subcommand)]
+        format: ExportFormat,
+    },
+    /// Measure throughput.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportFormat {
+    /// The journal in Beancount syntax, with the stored balances as balance assertions.
+    Beancount {
+        #[command(flatten)]
+        config: Config,
+        /// File to write (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Transfers per second on SQLite and PostgreSQL, by batch size, submitters and mix.
+    Ledger(BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("credex: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(config) => {
+            let app = Application::build(&config).await?;
+            app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(config) => check(&config).await,
+        Command::Export {
+            format: ExportFormat::Beancount { config, output },
+        } => {
+            let store = open(&config).await?;
+            let summary = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("create {}", path.display()))?;
+                    let mut out = std::io::BufWriter::new(file);
+                    let summary = credex_store::export_beancount(store.as_ref(), &mut out).await?;
+                    out.flush()?;
+                    summary
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout());
+                    let summary = credex_store::export_beancount(store.as_ref(), &mut out).await?;
+                    out.flush()?;
+                    summary
+                }
+            };
+            eprintln!(
+                "exported {} accounts, {} transactions, {} balance assertions",
+                summary.accounts, summary.transactions, summary.assertions
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Ledger(args),
+        } => {
+            credex_api::bench::run(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn open(config: &Config) -> anyhow::Result<Arc<dyn credex_store::Store>> {
+    let url = config.database_url()?;
+    credex_store::connect(&url, Arc::new(SystemClock))
+        .await
+        .with_context(|| format!("open the database {}", redacted(&url)))
+}
+
+async fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open(config).await?;
+    let report = store.check().await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.is_ok() {
+        eprintln!(
+            "the books balance: {} accounts, {} journal entries, every balance equals its journal",
+            report.accounts, report.journal_entries
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("the books do NOT balance: see the report above");
+        Ok(ExitCode::from(1))
+    }
+}

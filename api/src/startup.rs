@@ -1,0 +1,102 @@
+//! [`Application`]: binds its listener, opens the ledger, starts jobs, serves until stopped.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use credex_ledger::{AssetCode, Clock};
+use credex_store::{Ledger, SystemClock};
+use tokio::sync::watch;
+
+use crate::config::{redacted, Config};
+use crate::{jobs, routes};
+
+/// What every request handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub ledger: Arc<Ledger>,
+}
+
+/// A running server: its port is known before it serves (bind to port 0 in tests).
+pub struct Application {
+    port: u16,
+    server: Server,
+    ledger: Arc<Ledger>,
+    stop_jobs: watch::Sender<bool>,
+    jobs: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let url = config.database_url()?;
+        tracing::info!(database = %redacted(&url), "opening the ledger");
+        let store = credex_store::connect(&url, clock)
+            .await
+            .with_context(|| format!("open the database {}", redacted(&url)))?;
+        let ledger = Arc::new(Ledger::with_defaults(store.clone()));
+        ledger
+            .ensure_asset(&AssetCode::credit())
+            .await
+            .context("create the credit asset and the provider's accounts")?;
+
+        let listener = TcpListener::bind(&config.bind)
+            .with_context(|| format!("listen on {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            ledger: ledger.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().limit(1 << 20))
+                .service(routes::health::healthz)
+                .service(routes::health::readyz)
+        })
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+
+        let (stop_jobs, stopped) = watch::channel(false);
+        let jobs = vec![jobs::spawn_expiry(store, Duration::from_secs(1), stopped)];
+        tracing::info!(port, "credex is listening");
+        Ok(Self {
+            port,
+            server,
+            ledger,
+            stop_jobs,
+            jobs,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT or SIGTERM: then in-flight requests finish, every transfer already
+    /// taken commits, and the jobs stop.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let served = self.server.await;
+        tracing::info!("server stopped; committing what was taken");
+        self.ledger.close().await;
+        let _ = self.stop_jobs.send(true);
+        for job in self.jobs {
+            let _ = job.await;
+        }
+        served.context("the HTTP server failed")
+    }
+}
