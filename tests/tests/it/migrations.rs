@@ -6,7 +6,13 @@ fn versions(dir: &str) -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
     let mut versions: Vec<String> = std::fs::read_dir(&path)
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .map(|entry| entry.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.ends_with(".sql"))
         .map(|name| name.split('_').next().unwrap_or_default().to_owned())
         .collect();
