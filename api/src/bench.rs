@@ -190,7 +190,7 @@ impl World {
         for chunk in world.wallets.chunks(credex_ledger::BATCH_MAX) {
             let grants = chunk
                 .iter()
-                .map(|wallet| world.transfer(world.issuance, *wallet, 1 << 50, TransferCode::Grant))
+                .map(|wallet| world.transfer(world.issuance, *wallet, 1 << 40, TransferCode::Grant))
                 .collect();
             expect_all_ok(ledger.create_transfers(grants).await?)?;
         }

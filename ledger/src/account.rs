@@ -144,12 +144,29 @@ pub enum AccountError {
 }
 
 /// An account: immutable once created. Its balance lives beside it, in [`Balance`].
+/// Deserializing goes through [`Account::new`], so no account outside the table can exist.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AccountFields")]
 pub struct Account {
     id: AccountId,
     asset: AssetCode,
     owner: Owner,
     kind: AccountKind,
+}
+
+#[derive(Deserialize)]
+struct AccountFields {
+    id: AccountId,
+    asset: AssetCode,
+    owner: Owner,
+    kind: AccountKind,
+}
+
+impl TryFrom<AccountFields> for Account {
+    type Error = AccountError;
+    fn try_from(fields: AccountFields) -> Result<Self, AccountError> {
+        Self::new(fields.id, fields.asset, fields.owner, fields.kind)
+    }
 }
 
 impl Account {

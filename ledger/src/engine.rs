@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::account::{Account, AccountKind, Balance};
-use crate::amount::{Amount, AMOUNT_MAX};
+use crate::amount::Amount;
 use crate::asset::{AssetCode, AssetState};
 use crate::clock::Timestamp;
 use crate::error::{TransferError, TransferResult};
@@ -77,10 +77,12 @@ pub fn full_balance_accounts(
 }
 
 /// An account as loaded for a batch: its balance is known when it was read whole.
+/// `max_total` bounds each of its four totals: storage's limit for this account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedAccount {
     pub account: Account,
     pub balance: Option<Balance>,
+    pub max_total: u64,
 }
 
 /// The ledger's state as far as a batch needs it, loaded by storage under locks.
@@ -111,11 +113,11 @@ impl BalanceDelta {
         *self == Self::default()
     }
 
-    /// The balance after this change, if every total stays within storage's range.
-    pub fn applied_to(&self, balance: Balance) -> Option<Balance> {
+    /// The balance after this change, if every total stays within `0..=max_total`.
+    pub fn applied_to(&self, balance: Balance, max_total: u64) -> Option<Balance> {
         let add = |total: u64, change: i128| -> Option<u64> {
             let sum = i128::from(total) + change;
-            u64::try_from(sum).ok().filter(|value| *value <= AMOUNT_MAX)
+            u64::try_from(sum).ok().filter(|value| *value <= max_total)
         };
         Some(Balance {
             debits_pending: add(balance.debits_pending, self.debits_pending)?,
@@ -226,6 +228,7 @@ fn sorted_deltas(deltas: HashMap<AccountId, BalanceDelta>) -> Vec<(AccountId, Ba
 struct Slot {
     account: Account,
     base: Option<Balance>,
+    max_total: u64,
     delta: BalanceDelta,
 }
 
@@ -291,6 +294,7 @@ impl Engine {
                 let slot = Slot {
                     account: loaded.account,
                     base: loaded.balance,
+                    max_total: loaded.max_total,
                     delta: BalanceDelta::default(),
                 };
                 (id, slot)
@@ -678,7 +682,7 @@ impl Engine {
         let slot = &self.accounts[&id];
         let base = slot.base.ok_or(EngineError::BalanceNotLoaded(id))?;
         slot.delta
-            .applied_to(base)
+            .applied_to(base, slot.max_total)
             .ok_or(EngineError::BalanceNotLoaded(id))
     }
 
@@ -699,7 +703,7 @@ impl Engine {
         delta.debits_posted += change.debits_posted;
         delta.credits_pending += change.credits_pending;
         delta.credits_posted += change.credits_posted;
-        match delta.applied_to(base) {
+        match delta.applied_to(base, slot.max_total) {
             Some(_) => Ok(()),
             None if change.debits_pending < 0 || change.credits_pending < 0 => {
                 Err(Fail::Engine(EngineError::PendingUnderflow(id)))

@@ -53,6 +53,10 @@ pub enum TransferError {
     OneHopViolation,
     #[error("this code does not allow value to move between these kinds of account")]
     FlowNotAllowed,
+    #[error("this code moves value only between accounts of the same org")]
+    OwnersMustMatch,
+    #[error("this code moves value only between accounts of different orgs")]
+    OwnersMustDiffer,
     #[error("the debit account's debits, counting pending ones, would exceed its credits")]
     ExceedsCredits,
     #[error("the debit account's debits would overflow")]
@@ -75,7 +79,7 @@ pub enum TransferError {
 }
 
 impl TransferError {
-    pub const ALL: [TransferError; 31] = [
+    pub const ALL: [TransferError; 33] = [
         Self::LinkedEventFailed,
         Self::LinkedEventChainOpen,
         Self::Exists,
@@ -98,6 +102,8 @@ impl TransferError {
         Self::CycleNotClosed,
         Self::OneHopViolation,
         Self::FlowNotAllowed,
+        Self::OwnersMustMatch,
+        Self::OwnersMustDiffer,
         Self::ExceedsCredits,
         Self::OverflowsDebits,
         Self::OverflowsCredits,
@@ -139,6 +145,8 @@ impl TransferError {
             CycleNotClosed => "cycle_not_closed",
             OneHopViolation => "one_hop_violation",
             FlowNotAllowed => "flow_not_allowed",
+            OwnersMustMatch => "owners_must_match",
+            OwnersMustDiffer => "owners_must_differ",
             ExceedsCredits => "exceeds_credits",
             OverflowsDebits => "overflows_debits",
             OverflowsCredits => "overflows_credits",

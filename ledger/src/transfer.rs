@@ -136,6 +136,39 @@ impl TransferCode {
         }
     }
 
+    /// Whether the two accounts of a movement between orgs must belong to the same org (tokens
+    /// in and out of one org's listings) or to different orgs (a trade).
+    fn owners(self, class: AssetClass, debit: AccountKind, credit: AccountKind) -> Owners {
+        match self {
+            Self::List | Self::Unlist => Owners::Same,
+            Self::Trade => Owners::Different,
+            Self::Reversal => Self::ALL
+                .into_iter()
+                .filter(|code| !matches!(code, Self::Expiry | Self::Reversal))
+                .find(|code| code.admits(class, credit, debit))
+                .map_or(Owners::Any, |code| code.owners(class, credit, debit)),
+            _ => Owners::Any,
+        }
+    }
+
+    /// Checks that a movement between two orgs' accounts keeps value where this code says:
+    /// listings move tokens within one org, trades between two.
+    pub fn owners_rule(
+        self,
+        class: AssetClass,
+        debit: (AccountKind, Option<crate::ids::OrgId>),
+        credit: (AccountKind, Option<crate::ids::OrgId>),
+    ) -> Result<(), TransferError> {
+        let (Some(debit_org), Some(credit_org)) = (debit.1, credit.1) else {
+            return Ok(());
+        };
+        match self.owners(class, debit.0, credit.0) {
+            Owners::Same if debit_org != credit_org => Err(TransferError::OwnersMustMatch),
+            Owners::Different if debit_org == credit_org => Err(TransferError::OwnersMustDiffer),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a movement against the one-hop rule (7) and this code's flows (rule 8).
     pub fn flow(
         self,
@@ -160,6 +193,13 @@ impl fmt::Display for TransferCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    Same,
+    Different,
+    Any,
 }
 
 pub const METADATA_MAX_BYTES: usize = 512;
@@ -220,6 +260,7 @@ impl fmt::Debug for Metadata {
 
 /// Value moving from one account to another: the part of a transfer that names accounts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MovementFields")]
 pub struct Movement {
     debit_account_id: AccountId,
     credit_account_id: AccountId,
@@ -239,6 +280,28 @@ pub enum ShapeError {
     ExpiryMustBeSinglePhase,
     #[error("a timeout must be positive")]
     TimeoutMustBePositive,
+}
+
+#[derive(Deserialize)]
+struct MovementFields {
+    debit_account_id: AccountId,
+    credit_account_id: AccountId,
+    asset: AssetCode,
+    amount: Amount,
+    code: TransferCode,
+}
+
+impl TryFrom<MovementFields> for Movement {
+    type Error = ShapeError;
+    fn try_from(f: MovementFields) -> Result<Self, ShapeError> {
+        Self::new(
+            f.debit_account_id,
+            f.credit_account_id,
+            f.asset,
+            f.amount,
+            f.code,
+        )
+    }
 }
 
 impl Movement {
@@ -302,11 +365,29 @@ pub enum Action {
 /// A transfer request. `linked` chains it with the next transfer of the same request: a chain
 /// commits or fails as one (rule 4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TransferFields")]
 pub struct Transfer {
     id: TransferId,
     action: Action,
     metadata: Metadata,
     linked: bool,
+}
+
+#[derive(Deserialize)]
+struct TransferFields {
+    id: TransferId,
+    action: Action,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    linked: bool,
+}
+
+impl TryFrom<TransferFields> for Transfer {
+    type Error = ShapeError;
+    fn try_from(f: TransferFields) -> Result<Self, ShapeError> {
+        Self::new(f.id, f.action, f.metadata, f.linked)
+    }
 }
 
 impl Transfer {

@@ -14,7 +14,7 @@ CREATE TABLE accounts (
     asset      TEXT NOT NULL REFERENCES assets (code),
     owner_org  UUID,                                         -- null: the provider
     kind       SMALLINT NOT NULL,
-    stripes    SMALLINT NOT NULL CHECK (stripes BETWEEN 1 AND 64),
+    stripes    SMALLINT NOT NULL CHECK (stripes BETWEEN 1 AND 16),
     created_at BIGINT NOT NULL
 );
 
@@ -31,16 +31,25 @@ CREATE TABLE account_balances (
     debits_posted   BIGINT NOT NULL DEFAULT 0,
     credits_pending BIGINT NOT NULL DEFAULT 0,
     credits_posted  BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (account_id, slot)
+    PRIMARY KEY (account_id, slot),
+    -- Each stripe stays within ±(2^63 - 1) / 16, so the sum of an account's (at most 16)
+    -- stripes never overflows. The store rebalances stripes when a blind update would cross it.
+    CHECK (debits_pending BETWEEN -576460752303423487 AND 576460752303423487),
+    CHECK (debits_posted BETWEEN -576460752303423487 AND 576460752303423487),
+    CHECK (credits_pending BETWEEN -576460752303423487 AND 576460752303423487),
+    CHECK (credits_posted BETWEEN -576460752303423487 AND 576460752303423487)
 );
 
--- The journal. Rows are never updated or deleted.
+-- The journal. Rows are never updated or deleted. Its account columns carry no foreign keys on
+-- purpose: a foreign-key check is a query per inserted row that share-locks the account, and
+-- every transfer names a hot provider account. The engine refuses unknown accounts, accounts
+-- are never deleted, and `credex check` counts journal rows naming a missing account.
 CREATE TABLE transfers (
     seq               BIGINT GENERATED ALWAYS AS IDENTITY,
     id                UUID PRIMARY KEY,
     kind              SMALLINT NOT NULL CHECK (kind BETWEEN 0 AND 3),
-    debit_account_id  UUID NOT NULL REFERENCES accounts (id),
-    credit_account_id UUID NOT NULL REFERENCES accounts (id),
+    debit_account_id  UUID NOT NULL,
+    credit_account_id UUID NOT NULL,
     asset             TEXT NOT NULL,
     amount            BIGINT NOT NULL CHECK (amount > 0),
     pending_id        UUID,
@@ -57,7 +66,7 @@ CREATE INDEX transfers_credit ON transfers (credit_account_id, timestamp, seq);
 
 -- Pending transfers and their one resolution (posted, voided or expired).
 CREATE TABLE pending_transfers (
-    id                UUID PRIMARY KEY REFERENCES transfers (id),
+    id                UUID PRIMARY KEY,   -- the pending entry's id in `transfers`
     debit_account_id  UUID NOT NULL,
     credit_account_id UUID NOT NULL,
     asset             TEXT NOT NULL,

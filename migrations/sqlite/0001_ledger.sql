@@ -15,7 +15,7 @@ CREATE TABLE accounts (
     asset      TEXT NOT NULL REFERENCES assets (code),
     owner_org  BLOB,
     kind       INTEGER NOT NULL,
-    stripes    INTEGER NOT NULL CHECK (stripes BETWEEN 1 AND 64),
+    stripes    INTEGER NOT NULL CHECK (stripes BETWEEN 1 AND 16),
     created_at INTEGER NOT NULL
 ) STRICT;
 
@@ -29,15 +29,21 @@ CREATE TABLE account_balances (
     debits_posted   INTEGER NOT NULL DEFAULT 0,
     credits_pending INTEGER NOT NULL DEFAULT 0,
     credits_posted  INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (account_id, slot)
+    PRIMARY KEY (account_id, slot),
+    -- Each stripe stays within ±(2^63 - 1) / 16, so the sum of an account's (at most 16)
+    -- stripes never overflows. The store rebalances stripes when a blind update would cross it.
+    CHECK (debits_pending BETWEEN -576460752303423487 AND 576460752303423487),
+    CHECK (debits_posted BETWEEN -576460752303423487 AND 576460752303423487),
+    CHECK (credits_pending BETWEEN -576460752303423487 AND 576460752303423487),
+    CHECK (credits_posted BETWEEN -576460752303423487 AND 576460752303423487)
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE transfers (
     seq               INTEGER PRIMARY KEY,
     id                BLOB NOT NULL UNIQUE,
     kind              INTEGER NOT NULL CHECK (kind BETWEEN 0 AND 3),
-    debit_account_id  BLOB NOT NULL REFERENCES accounts (id),
-    credit_account_id BLOB NOT NULL REFERENCES accounts (id),
+    debit_account_id  BLOB NOT NULL,
+    credit_account_id BLOB NOT NULL,
     asset             TEXT NOT NULL,
     amount            INTEGER NOT NULL CHECK (amount > 0),
     pending_id        BLOB,
@@ -52,7 +58,7 @@ CREATE INDEX transfers_debit ON transfers (debit_account_id, timestamp, seq);
 CREATE INDEX transfers_credit ON transfers (credit_account_id, timestamp, seq);
 
 CREATE TABLE pending_transfers (
-    id                BLOB PRIMARY KEY REFERENCES transfers (id),
+    id                BLOB PRIMARY KEY,   -- the pending entry's id in `transfers`
     debit_account_id  BLOB NOT NULL,
     credit_account_id BLOB NOT NULL,
     asset             TEXT NOT NULL,

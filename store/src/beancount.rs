@@ -70,11 +70,6 @@ fn writeln_or_keep(
 
 impl BooksSink for BeancountWriter<'_> {
     fn account(&mut self, view: &AccountView) {
-        let name = account_name(&view.account);
-        let currency = currency(view.account.asset());
-        writeln_or_keep(self, |out| {
-            writeln!(out, "1970-01-01 open {name} {currency}")
-        });
         self.accounts.insert(view.account.id(), view.clone());
         self.summary.accounts += 1;
     }
@@ -114,8 +109,22 @@ impl BooksSink for BeancountWriter<'_> {
 }
 
 impl BeancountWriter<'_> {
-    /// Asserts every stored balance the day after the last transaction.
+    /// Opens every Beancount account once, with the commodities it holds, and asserts every
+    /// stored balance, exactly (`~ 0`), the day after the last transaction.
     fn finish(&mut self) -> Result<(), StoreError> {
+        let mut opens: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for view in self.accounts.values() {
+            opens
+                .entry(account_name(&view.account))
+                .or_default()
+                .push(currency(view.account.asset()));
+        }
+        for (name, currencies) in opens {
+            let currencies = currencies.join(",");
+            writeln_or_keep(self, |out| {
+                writeln!(out, "1970-01-01 open {name} {currencies}")
+            });
+        }
         let day = self.last_day.unwrap_or(0) + 1;
         let views: Vec<AccountView> = self.accounts.values().cloned().collect();
         for view in views {
@@ -123,7 +132,7 @@ impl BeancountWriter<'_> {
             let currency = currency(view.account.asset());
             let amount = quantity(view.account.asset().class(), view.balance.net_posted());
             writeln_or_keep(self, |out| {
-                writeln!(out, "{} balance {name}  {amount} {currency}", date(day))
+                writeln!(out, "{} balance {name}  {amount} ~ 0 {currency}", date(day))
             });
             self.summary.assertions += 1;
         }

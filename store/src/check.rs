@@ -29,6 +29,8 @@ pub struct CheckReport {
     /// Journal rows that break the pending bookkeeping: pending entries without their state,
     /// resolutions without their entry.
     pub broken_pending_links: i64,
+    /// Journal rows naming an account that does not exist or holds another asset.
+    pub orphan_entries: i64,
 }
 
 impl CheckReport {
@@ -37,6 +39,7 @@ impl CheckReport {
             && self.unbalanced_assets.is_empty()
             && self.negative_accounts.is_empty()
             && self.broken_pending_links == 0
+            && self.orphan_entries == 0
     }
 
     pub(crate) fn build(
@@ -44,11 +47,13 @@ impl CheckReport {
         journal: &JournalTotals,
         journal_entries: i64,
         broken_pending_links: i64,
+        orphan_entries: i64,
     ) -> Self {
         let mut report = CheckReport {
             accounts: stored.len(),
             journal_entries,
             broken_pending_links,
+            orphan_entries,
             ..CheckReport::default()
         };
         let mut sums: BTreeMap<&AssetCode, (i128, i128)> = BTreeMap::new();

@@ -39,6 +39,14 @@ pub use sqlite::SqliteStore;
 /// How many stripes a hot (provider) account's balance is split into.
 pub const HOT_ACCOUNT_STRIPES: i16 = 16;
 
+/// The most any of the four totals of an org's account may reach: one stripe's range,
+/// `(2^63 - 1) / 16` (about 5.8 × 10^17: 576 billion CR in µCR). A transfer that would take a
+/// total beyond it is refused with `overflows_debits` or `overflows_credits`.
+pub const BALANCE_MAX: u64 = 576_460_752_303_423_487;
+
+/// The same bound for a hot (provider) account: all its stripes together.
+pub const HOT_BALANCE_MAX: u64 = 16 * BALANCE_MAX;
+
 /// The most rows one page of history or journal may return.
 pub const PAGE_MAX: u32 = 1_000;
 

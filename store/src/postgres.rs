@@ -106,6 +106,14 @@ mod dialect {
         }
     }
 
+    /// A CHECK constraint (a balance stripe's range) or an integer overflow.
+    pub fn is_out_of_range(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23514" | "22003")),
+            _ => false,
+        }
+    }
+
     /// Locks the given balance stripes in key order and reads them.
     pub async fn lock_balances(
         conn: &mut PgConnection,

@@ -181,17 +181,95 @@ pub(crate) fn balance(totals: [i64; 4]) -> Result<Balance, StoreError> {
     })
 }
 
-/// A balance delta as the four signed integers storage adds.
-pub(crate) fn delta_totals(delta: &credex_ledger::BalanceDelta) -> Result<[i64; 4], StoreError> {
+/// The most one stripe's total may hold either way; the schema's CHECK constraints say the
+/// same. With at most 16 stripes, no sum of an account's stripes can overflow an `i64`.
+pub(crate) const STRIPE_MAX: i64 = i64::MAX / 16;
+const _: () = assert!(STRIPE_MAX.unsigned_abs() == crate::BALANCE_MAX);
+
+/// The most any total of an account with `stripes` stripes may hold.
+pub(crate) fn max_total(stripes: i16) -> u64 {
+    let stripes = u64::try_from(stripes).unwrap_or(1).clamp(1, 16);
+    stripes * crate::BALANCE_MAX
+}
+
+/// The balance stripes a transaction locked.
+pub(crate) struct Locked {
+    /// The one stripe locked for each account updated blindly.
+    pub slots: HashMap<AccountId, i16>,
+    /// Every stripe of each account read whole.
+    pub stripes: HashMap<AccountId, Vec<(i16, [i64; 4])>>,
+    /// The summed balance of each account read whole.
+    pub balances: HashMap<AccountId, Balance>,
+}
+
+pub(crate) fn sum_stripes(rows: &[(i16, [i64; 4])]) -> Result<Balance, StoreError> {
+    let mut sum = [0_i64; 4];
+    for (_, totals) in rows {
+        for (total, value) in sum.iter_mut().zip(totals) {
+            *total = total
+                .checked_add(*value)
+                .ok_or_else(|| StoreError::corrupt("a balance beyond range"))?;
+        }
+    }
+    balance(sum)
+}
+
+/// The stripe updates that apply balance deltas: an account updated blindly gets its delta on
+/// its one locked stripe; an account read whole has its new totals spread evenly over all its
+/// stripes, which keeps every stripe within range.
+pub(crate) fn stripe_changes(
+    deltas: &[(AccountId, credex_ledger::BalanceDelta)],
+    locked: &Locked,
+) -> Result<Vec<(Uuid, i16, [i64; 4])>, StoreError> {
     let narrow = |value: i128| {
         i64::try_from(value).map_err(|_| StoreError::corrupt("a balance change out of range"))
     };
-    Ok([
-        narrow(delta.debits_pending)?,
-        narrow(delta.debits_posted)?,
-        narrow(delta.credits_pending)?,
-        narrow(delta.credits_posted)?,
-    ])
+    let mut changes = Vec::with_capacity(deltas.len());
+    for (id, delta) in deltas {
+        let delta = [
+            delta.debits_pending,
+            delta.debits_posted,
+            delta.credits_pending,
+            delta.credits_posted,
+        ];
+        if let Some(&slot) = locked.slots.get(id) {
+            let totals = [
+                narrow(delta[0])?,
+                narrow(delta[1])?,
+                narrow(delta[2])?,
+                narrow(delta[3])?,
+            ];
+            changes.push((id.as_uuid(), slot, totals));
+            continue;
+        }
+        let rows = locked
+            .stripes
+            .get(id)
+            .ok_or_else(|| StoreError::corrupt("a changed account was not locked"))?;
+        let count = i128::try_from(rows.len())
+            .map_err(StoreError::corrupt)?
+            .max(1);
+        let mut targets = [[0_i128; 4]; 16];
+        for field in 0..4 {
+            let total: i128 =
+                rows.iter().map(|(_, t)| i128::from(t[field])).sum::<i128>() + delta[field];
+            for (index, target) in targets.iter_mut().take(rows.len()).enumerate() {
+                let index = i128::try_from(index).map_err(StoreError::corrupt)?;
+                target[field] =
+                    total.div_euclid(count) + i128::from(index < total.rem_euclid(count));
+            }
+        }
+        for (index, (slot, current)) in rows.iter().enumerate() {
+            let mut change = [0_i64; 4];
+            for field in 0..4 {
+                change[field] = narrow(targets[index][field] - i128::from(current[field]))?;
+            }
+            if change != [0; 4] {
+                changes.push((id.as_uuid(), *slot, change));
+            }
+        }
+    }
+    Ok(changes)
 }
 
 /// An account's metadata with the number of its balance stripes.
@@ -261,8 +339,9 @@ macro_rules! shared_store {
             use super::$dialect as dialect;
             use super::$store;
             use crate::sql::{
-                backoff, balance, delta_totals, CachedAccount, RawAccount, RawPending,
-                RawTransfer, ACCOUNT_VIEW_SQL, MAX_ATTEMPTS, PENDING_COLUMNS, TRANSFER_COLUMNS,
+                backoff, balance, max_total, stripe_changes, sum_stripes, CachedAccount, Locked,
+                RawAccount, RawPending, RawTransfer, ACCOUNT_VIEW_SQL, MAX_ATTEMPTS,
+                PENDING_COLUMNS, TRANSFER_COLUMNS,
             };
             use crate::{
                 AccountView, AssetView, Backend, BooksSink, CheckReport, CloseOutcome, CreateAccountError,
@@ -426,47 +505,18 @@ macro_rules! shared_store {
                 Ok(assets)
             }
 
-            /// Locks balance stripes in (account, slot) order and sums the stripes of the
-            /// accounts in `whole`, which must all be among the keys.
-            async fn lock_balances(
+            /// Locks the stripes a batch touches, in (account, slot) order: every stripe of an
+            /// account in `whole`, one random stripe of any other.
+            async fn lock_accounts(
                 conn: &mut Connection,
-                keys: &[(Uuid, i16)],
-                whole: &BTreeSet<AccountId>,
-            ) -> Result<HashMap<AccountId, Balance>, StoreError> {
-                let rows = dialect::lock_balances(conn, keys).await?;
-                if rows.len() != keys.len() {
-                    return Err(StoreError::corrupt("missing balance stripes"));
-                }
-                let mut sums: HashMap<AccountId, [i64; 4]> = HashMap::new();
-                for (account, _slot, totals) in rows {
-                    let id = crate::sql::account_id(account)?;
-                    if whole.contains(&id) {
-                        let sum = sums.entry(id).or_default();
-                        for (total, value) in sum.iter_mut().zip(totals) {
-                            *total = total
-                                .checked_add(value)
-                                .ok_or_else(|| StoreError::corrupt("balance overflow"))?;
-                        }
-                    }
-                }
-                sums.into_iter()
-                    .map(|(id, totals)| Ok((id, balance(totals)?)))
-                    .collect()
-            }
-
-            /// Chooses the stripes a batch touches: every stripe of an account read whole,
-            /// one random stripe of any other. Returns the sorted keys to lock and the stripe
-            /// each account's change is written to.
-            fn choose_stripes(
                 accounts: &HashMap<AccountId, CachedAccount>,
                 whole: &BTreeSet<AccountId>,
-            ) -> (Vec<(Uuid, i16)>, HashMap<AccountId, i16>) {
+            ) -> Result<Locked, StoreError> {
                 let mut keys = Vec::with_capacity(accounts.len());
                 let mut slots = HashMap::with_capacity(accounts.len());
                 for (id, cached) in accounts {
                     if whole.contains(id) {
                         keys.extend((0..cached.stripes).map(|slot| (id.as_uuid(), slot)));
-                        slots.insert(*id, 0);
                     } else {
                         let slot = if cached.stripes > 1 {
                             rand::random_range(0..cached.stripes)
@@ -478,7 +528,26 @@ macro_rules! shared_store {
                     }
                 }
                 keys.sort_unstable();
-                (keys, slots)
+                let rows = dialect::lock_balances(conn, &keys).await?;
+                if rows.len() != keys.len() {
+                    return Err(StoreError::corrupt("missing balance stripes"));
+                }
+                let mut stripes: HashMap<AccountId, Vec<(i16, [i64; 4])>> = HashMap::new();
+                for (account, slot, totals) in rows {
+                    let id = crate::sql::account_id(account)?;
+                    if whole.contains(&id) {
+                        stripes.entry(id).or_default().push((slot, totals));
+                    }
+                }
+                let balances = stripes
+                    .iter()
+                    .map(|(id, rows)| Ok((*id, sum_stripes(rows)?)))
+                    .collect::<Result<_, StoreError>>()?;
+                Ok(Locked {
+                    slots,
+                    stripes,
+                    balances,
+                })
             }
 
             impl $store {
@@ -510,17 +579,17 @@ macro_rules! shared_store {
                     Ok(found)
                 }
 
-                /// One attempt at a batch: load and lock, decide, write, commit.
+                /// One attempt at a batch: load and lock, decide, write, commit. In `whole`
+                /// mode every touched balance is read whole, so the engine can bound every
+                /// total exactly; it is used when a blind update ran out of range.
                 async fn commit_once(
                     &self,
                     requests: &[Vec<Transfer>],
+                    whole_mode: bool,
                 ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
                     let needs = Requirements::of(requests);
                     let mut tx = dialect::begin_write(&self.pool).await?;
                     let now = self.clock.now();
-                    let transfer_ids = uuids(needs.transfer_ids.iter().copied());
-                    let committed = fetch_entries(&mut tx, &transfer_ids).await?;
-                    let failed = fetch_failures(&mut tx, &transfer_ids).await?;
                     let pending_ids = uuids(needs.pending_ids.iter().copied());
                     let pendings = lock_pendings(&mut tx, &pending_ids).await?;
 
@@ -537,23 +606,34 @@ macro_rules! shared_store {
                     let codes: Vec<String> = codes.into_iter().collect();
                     let assets = share_assets(&mut tx, &codes).await?;
 
-                    let whole = engine::full_balance_accounts(requests, |id| {
-                        accounts.get(&id).map(|cached| cached.account.kind())
-                    });
-                    let (keys, slots) = choose_stripes(&accounts, &whole);
-                    let mut balances = lock_balances(&mut tx, &keys, &whole).await?;
+                    let whole = if whole_mode {
+                        accounts.keys().copied().collect()
+                    } else {
+                        engine::full_balance_accounts(requests, |id| {
+                            accounts.get(&id).map(|cached| cached.account.kind())
+                        })
+                    };
+                    let locked = lock_accounts(&mut tx, &accounts, &whole).await?;
+
+                    // Only now, under the locks: a transaction that carried the same transfer
+                    // and held these rows has committed, and each statement of READ COMMITTED
+                    // sees it, so a concurrent duplicate is answered `exists`.
+                    let transfer_ids = uuids(needs.transfer_ids.iter().copied());
+                    let committed = fetch_entries(&mut tx, &transfer_ids).await?;
+                    let failed = fetch_failures(&mut tx, &transfer_ids).await?;
 
                     let input = BatchInput {
                         now,
                         assets,
                         accounts: accounts
-                            .into_iter()
+                            .iter()
                             .map(|(id, cached)| {
                                 let loaded = LoadedAccount {
-                                    account: cached.account,
-                                    balance: balances.remove(&id),
+                                    account: cached.account.clone(),
+                                    balance: locked.balances.get(id).copied(),
+                                    max_total: max_total(cached.stripes),
                                 };
-                                (id, loaded)
+                                (*id, loaded)
                             })
                             .collect(),
                         committed: committed
@@ -569,16 +649,13 @@ macro_rules! shared_store {
                     dialect::insert_pendings(&mut tx, &outcome.pending_inserts).await?;
                     dialect::update_pendings(&mut tx, &outcome.pending_updates).await?;
                     dialect::insert_failures(&mut tx, &outcome.failures, now).await?;
-                    let mut changes = Vec::with_capacity(outcome.deltas.len());
-                    for (id, delta) in &outcome.deltas {
-                        changes.push((id.as_uuid(), slots[id], delta_totals(delta)?));
-                    }
+                    let changes = stripe_changes(&outcome.deltas, &locked)?;
                     dialect::apply_deltas(&mut tx, &changes).await?;
                     tx.commit().await?;
                     Ok(outcome.results)
                 }
 
-                async fn expire_once(&self, limit: u32) -> Result<u32, StoreError> {
+                async fn expire_once(&self, limit: u32, whole_mode: bool) -> Result<u32, StoreError> {
                     let mut tx = dialect::begin_write(&self.pool).await?;
                     let now = self.clock.now();
                     let sql = format!(
@@ -600,13 +677,10 @@ macro_rules! shared_store {
                     let ids: BTreeSet<AccountId> =
                         outcome.deltas.iter().map(|(id, _)| *id).collect();
                     let accounts = self.load_accounts(&mut tx, &ids).await?;
-                    let (keys, slots) = choose_stripes(&accounts, &BTreeSet::new());
-                    lock_balances(&mut tx, &keys, &BTreeSet::new()).await?;
+                    let whole = if whole_mode { ids } else { BTreeSet::new() };
+                    let locked = lock_accounts(&mut tx, &accounts, &whole).await?;
                     dialect::update_pendings(&mut tx, &outcome.updates).await?;
-                    let mut changes = Vec::with_capacity(outcome.deltas.len());
-                    for (id, delta) in &outcome.deltas {
-                        changes.push((id.as_uuid(), slots[id], delta_totals(delta)?));
-                    }
+                    let changes = stripe_changes(&outcome.deltas, &locked)?;
                     dialect::apply_deltas(&mut tx, &changes).await?;
                     tx.commit().await?;
                     u32::try_from(outcome.updates.len()).map_err(StoreError::corrupt)
@@ -626,16 +700,25 @@ macro_rules! shared_store {
                     Ok(results)
                 }
 
-                /// Runs `attempt` again while it fails with an error worth a retry.
+                /// Runs `attempt` again while it fails with an error worth a retry. When a
+                /// blind balance update ran out of a stripe's range, the next attempt runs in
+                /// whole mode (`true`), which bounds every total and rebalances stripes.
                 async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
                 where
-                    F: Fn() -> Fut,
+                    F: Fn(bool) -> Fut,
                     Fut: std::future::Future<Output = Result<T, StoreError>>,
                 {
                     let mut tries = 0;
+                    let mut whole = false;
                     loop {
                         tries += 1;
-                        match attempt().await {
+                        match attempt(whole).await {
+                            Err(StoreError::Database(error))
+                                if !whole && dialect::is_out_of_range(&error) =>
+                            {
+                                tracing::info!(%error, "a balance stripe ran out of range; retrying with whole balances");
+                                whole = true;
+                            }
                             Err(StoreError::Database(error)) if dialect::is_retryable(&error) => {
                                 if tries >= MAX_ATTEMPTS {
                                     return Err(StoreError::Busy { attempts: tries });
@@ -772,7 +855,15 @@ macro_rules! shared_store {
                   WHERE p.state IN (1, 2) AND (r.id IS NULL OR r.pending_id <> p.id)) \
               + (SELECT COUNT(*) FROM transfers r LEFT JOIN pending_transfers p ON p.id = r.pending_id \
                   WHERE r.kind IN (2, 3) AND (p.id IS NULL OR p.resolved_by <> r.id)) \
+              + (SELECT COUNT(*) FROM pending_transfers p LEFT JOIN transfers t ON t.id = p.id \
+                  WHERE t.id IS NULL) \
               AS broken";
+
+            /// Journal rows naming an account that does not exist, or of another asset.
+            const ORPHANS_SQL: &str = "SELECT COUNT(*) AS orphans FROM transfers t \
+                LEFT JOIN accounts d ON d.id = t.debit_account_id \
+                LEFT JOIN accounts c ON c.id = t.credit_account_id \
+                WHERE d.id IS NULL OR c.id IS NULL OR d.asset <> t.asset OR c.asset <> t.asset";
 
             #[async_trait]
             impl Store for $store {
@@ -795,7 +886,7 @@ macro_rules! shared_store {
                         credex_ledger::AssetClass::Token => 1,
                     };
                     let now = self.clock.now().as_micros();
-                    self.retrying(|| async {
+                    self.retrying(|_| async {
                         let done = sqlx::query(
                             "INSERT INTO assets (code, class, closed_at, created_at) \
                              VALUES ($1, $2, NULL, $3) ON CONFLICT (code) DO NOTHING",
@@ -814,7 +905,7 @@ macro_rules! shared_store {
                     if code.class() != credex_ledger::AssetClass::Token {
                         return Ok(CloseOutcome::NotACycle);
                     }
-                    self.retrying(|| async {
+                    self.retrying(|_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         let sql = format!(
                             "SELECT closed_at FROM assets WHERE code = $1{}",
@@ -864,18 +955,18 @@ macro_rules! shared_store {
                     &self,
                     accounts: &[Account],
                 ) -> Result<Vec<Result<(), CreateAccountError>>, StoreError> {
-                    self.retrying(|| self.create_accounts_once(accounts)).await
+                    self.retrying(|_| self.create_accounts_once(accounts)).await
                 }
 
                 async fn commit(
                     &self,
                     requests: &[Vec<Transfer>],
                 ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
-                    self.retrying(|| self.commit_once(requests)).await
+                    self.retrying(|whole| self.commit_once(requests, whole)).await
                 }
 
                 async fn expire_pending(&self, limit: u32) -> Result<u32, StoreError> {
-                    self.retrying(|| self.expire_once(limit)).await
+                    self.retrying(|whole| self.expire_once(limit, whole)).await
                 }
 
                 async fn accounts(&self, ids: &[AccountId]) -> Result<Vec<AccountView>, StoreError> {
@@ -1059,8 +1150,12 @@ macro_rules! shared_store {
                         .fetch_one(&mut *tx)
                         .await?
                         .try_get("broken")?;
+                    let orphans: i64 = sqlx::query(ORPHANS_SQL)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("orphans")?;
                     tx.commit().await?;
-                    Ok(CheckReport::build(&stored, &journal, entries, broken))
+                    Ok(CheckReport::build(&stored, &journal, entries, broken, orphans))
                 }
             }
         }

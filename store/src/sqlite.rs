@@ -112,6 +112,15 @@ mod dialect {
         }
     }
 
+    /// A CHECK constraint (a balance stripe's range), or an integer overflow that SQLite
+    /// turned into a REAL a STRICT table refuses.
+    pub fn is_out_of_range(error: &sqlx::Error) -> bool {
+        match error {
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("275" | "3091")),
+            _ => false,
+        }
+    }
+
     /// Reads the given balance stripes; the write lock is already held.
     pub async fn lock_balances(
         conn: &mut SqliteConnection,
