@@ -514,6 +514,11 @@ impl Engine {
         movement
             .code()
             .flow(asset.class(), debit_kind, credit_kind)?;
+        movement.code().owners_rule(
+            asset.class(),
+            (debit_kind, debit.account.owner().org()),
+            (credit_kind, credit.account.owner().org()),
+        )?;
 
         let amount = movement.amount();
         let pending = timeout.is_some();

@@ -1017,10 +1017,12 @@ macro_rules! shared_store {
                            WHERE credit_account_id = $1 AND timestamp <= $2 AND kind IN (0, 2)) AS credits_posted, \
                          (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM pending_transfers \
                            WHERE debit_account_id = $1 AND timestamp <= $2 \
-                           AND (resolved_at IS NULL OR resolved_at > $2)) AS debits_pending, \
+                           AND (resolved_at IS NULL OR resolved_at > $2) \
+                           AND (expires_at IS NULL OR expires_at > $2)) AS debits_pending, \
                          (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM pending_transfers \
                            WHERE credit_account_id = $1 AND timestamp <= $2 \
-                           AND (resolved_at IS NULL OR resolved_at > $2)) AS credits_pending",
+                           AND (resolved_at IS NULL OR resolved_at > $2) \
+                           AND (expires_at IS NULL OR expires_at > $2)) AS credits_pending",
                     )
                     .bind(id.as_uuid())
                     .bind(at.as_micros())

@@ -1449,8 +1449,8 @@ const TOKEN_FLOWS: &[(TransferCode, AccountKind, AccountKind)] = &[
 fn expected_flow(
     token: bool,
     code: TransferCode,
-    debit: AccountKind,
-    credit: AccountKind,
+    (debit, debit_org): (AccountKind, Option<usize>),
+    (credit, credit_org): (AccountKind, Option<usize>),
 ) -> TransferResult {
     if token && code == C::Expiry {
         return Err(E::CycleNotClosed);
@@ -1459,11 +1459,33 @@ fn expected_flow(
         return Err(E::OneHopViolation);
     }
     let table = if token { TOKEN_FLOWS } else { CREDIT_FLOWS };
-    if table.contains(&(code, debit, credit)) {
-        OK
-    } else {
-        Err(E::FlowNotAllowed)
+    if !table.contains(&(code, debit, credit)) {
+        return Err(E::FlowNotAllowed);
     }
+    // Listings move tokens within one org; trades go between two (so do their reversals).
+    let within = matches!(
+        (code, debit, credit),
+        (C::List | C::Unlist, ..)
+            | (C::Reversal, K::Alloc, K::Escrow)
+            | (C::Reversal, K::Escrow, K::Alloc)
+    );
+    let between = matches!(
+        (code, debit, credit),
+        (C::Trade, ..) | (C::Reversal, K::Wallet, K::Wallet)
+    );
+    match (debit_org, credit_org) {
+        (Some(d), Some(c)) if within && d != c => Err(E::OwnersMustMatch),
+        (Some(d), Some(c)) if between && d == c => Err(E::OwnersMustDiffer),
+        _ => OK,
+    }
+}
+
+/// Which of the fixture's orgs owns an account, if any.
+fn org_of(fx: &Fx, id: AccountId) -> Option<usize> {
+    (0..fx.books.orgs.len()).find(|i| {
+        let org = fx.org(*i);
+        [org.wallet, org.alloc, org.acquired, org.escrow].contains(&id)
+    })
 }
 
 /// Sends one unit under every code between every ordered pair of `accounts` in one request and
@@ -1483,7 +1505,12 @@ async fn flow_matrix(fx: &Fx, asset: &AssetCode, accounts: &[(AccountKind, Accou
                     code,
                     *debit_kind,
                     *credit_kind,
-                    expected_flow(token, code, *debit_kind, *credit_kind),
+                    expected_flow(
+                        token,
+                        code,
+                        (*debit_kind, org_of(fx, *debit)),
+                        (*credit_kind, org_of(fx, *credit)),
+                    ),
                 ));
             }
         }
@@ -2086,6 +2113,7 @@ async fn concurrent_requests_get_their_own_results(db: &TestDb) {
     for round in 0..4_u64 {
         for i in 0..15_usize {
             let org = fx.org(i);
+            let partner = fx.org((i + 1) % 15);
             let (cr, tok, ledger) = (cr.clone(), tok.clone(), fx.ledger.clone());
             let n = u64::try_from(i).expect("small") + 1;
             tasks.spawn(async move {
@@ -2098,10 +2126,11 @@ async fn concurrent_requests_get_their_own_results(db: &TestDb) {
                     grant,
                     single(t_iss, org.alloc, &tok, 10, C::Allotment),
                 ];
+                // A trade goes to another org (never to oneself): the next org's acquired.
                 request.extend(chain(vec![
                     single(org.alloc, org.escrow, &tok, 10, C::List),
-                    single(org.escrow, org.acquired, &tok, 10, C::Trade),
-                    single(org.acquired, t_spent, &tok, 4, C::Spend),
+                    single(org.escrow, partner.acquired, &tok, 10, C::Trade),
+                    single(partner.acquired, t_spent, &tok, 4, C::Spend),
                 ]));
                 request.extend(chain(vec![
                     single(org.wallet, fees, &cr, 1, C::Fee),
