@@ -88,6 +88,10 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error(transparent)]
     Shared(Arc<StoreError>),
+    /// Internal: a speculative batch decided differently under its locks; it is tried again
+    /// with locks first and never reaches callers.
+    #[error("a speculative batch must be tried again")]
+    SpeculationMissed,
 }
 
 impl StoreError {

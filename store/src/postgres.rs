@@ -61,6 +61,8 @@ shared_store!(PostgresStore, sqlx::Postgres, dialect, Backend::Postgres);
 mod dialect {
     use super::*;
 
+    /// Whether large batches write their journal rows before taking balance locks.
+    pub const SPECULATE: bool = true;
     pub const FOR_UPDATE: &str = " FOR UPDATE";
     pub const FOR_SHARE: &str = " FOR SHARE";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";

@@ -30,6 +30,30 @@ pub(crate) const ACCOUNT_VIEW_SQL: &str = "SELECT a.id, a.asset, a.owner_org, a.
      WHERE {filter} \
      GROUP BY a.id, a.asset, a.owner_org, a.kind, a.stripes ORDER BY a.id";
 
+/// How a batch attempt reads balances; see `commit_once` in [`shared_store!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Lock, then decide and write.
+    Locked,
+    /// Decide and write the journal first, then lock and decide again.
+    Speculative,
+    /// Lock and read every touched balance whole.
+    Whole,
+}
+
+/// The smallest batch worth a speculative attempt: below it, the extra statement costs more
+/// than the shorter lock hold saves. `CREDEX_SPECULATE_MIN` overrides it (tests set it to 1 to
+/// drive every batch through speculation).
+pub(crate) fn speculate_min() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("CREDEX_SPECULATE_MIN")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(256)
+    })
+}
+
 /// How many times a transaction that lost a race (serialization failure, deadlock, a
 /// concurrent insert of the same id, a busy database) is tried again.
 pub(crate) const MAX_ATTEMPTS: u32 = 12;
@@ -324,7 +348,7 @@ impl AccountCache {
 macro_rules! shared_store {
     ($store:ident, $db:ty, $dialect:ident, $backend:expr) => {
         mod shared {
-            use std::collections::{BTreeSet, HashMap};
+            use std::collections::{BTreeSet, HashMap, HashSet};
             use std::sync::Arc;
 
             use async_trait::async_trait;
@@ -339,7 +363,7 @@ macro_rules! shared_store {
             use super::$dialect as dialect;
             use super::$store;
             use crate::sql::{
-                backoff, balance, max_total, stripe_changes, sum_stripes, CachedAccount, Locked,
+                backoff, balance, max_total, stripe_changes, sum_stripes, CachedAccount, Locked, Mode,
                 RawAccount, RawPending, RawTransfer, ACCOUNT_VIEW_SQL, MAX_ATTEMPTS,
                 PENDING_COLUMNS, TRANSFER_COLUMNS,
             };
@@ -579,13 +603,18 @@ macro_rules! shared_store {
                     Ok(found)
                 }
 
-                /// One attempt at a batch: load and lock, decide, write, commit. In `whole`
-                /// mode every touched balance is read whole, so the engine can bound every
-                /// total exactly; it is used when a blind update ran out of range.
+                /// One attempt at a batch: load and lock, decide, write, commit.
+                ///
+                /// `Mode::Whole` reads every touched balance whole, so the engine can bound
+                /// every total exactly (used when a blind update ran out of range).
+                /// `Mode::Speculative` decides once on unlocked reads and writes the journal
+                /// rows before taking the balance locks, then decides again under the locks and
+                /// commits only if both decisions agree: the locks are then held only for the
+                /// balance updates, so concurrent transactions wait on each other for less.
                 async fn commit_once(
                     &self,
                     requests: &[Vec<Transfer>],
-                    whole_mode: bool,
+                    mode: Mode,
                 ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
                     let needs = Requirements::of(requests);
                     let mut tx = dialect::begin_write(&self.pool).await?;
@@ -606,31 +635,24 @@ macro_rules! shared_store {
                     let codes: Vec<String> = codes.into_iter().collect();
                     let assets = share_assets(&mut tx, &codes).await?;
 
-                    let whole = if whole_mode {
+                    let whole = if mode == Mode::Whole {
                         accounts.keys().copied().collect()
                     } else {
                         engine::full_balance_accounts(requests, |id| {
                             accounts.get(&id).map(|cached| cached.account.kind())
                         })
                     };
-                    let locked = lock_accounts(&mut tx, &accounts, &whole).await?;
-
-                    // Only now, under the locks: a transaction that carried the same transfer
-                    // and held these rows has committed, and each statement of READ COMMITTED
-                    // sees it, so a concurrent duplicate is answered `exists`.
-                    let transfer_ids = uuids(needs.transfer_ids.iter().copied());
-                    let committed = fetch_entries(&mut tx, &transfer_ids).await?;
-                    let failed = fetch_failures(&mut tx, &transfer_ids).await?;
-
-                    let input = BatchInput {
+                    let input = |balances: &HashMap<AccountId, Balance>,
+                                 committed: Vec<JournalEntry>,
+                                 failed: HashMap<TransferId, TransferError>| BatchInput {
                         now,
-                        assets,
+                        assets: assets.clone(),
                         accounts: accounts
                             .iter()
                             .map(|(id, cached)| {
                                 let loaded = LoadedAccount {
                                     account: cached.account.clone(),
-                                    balance: locked.balances.get(id).copied(),
+                                    balance: balances.get(id).copied(),
                                     max_total: max_total(cached.stripes),
                                 };
                                 (*id, loaded)
@@ -641,11 +663,44 @@ macro_rules! shared_store {
                             .map(|entry| (entry.record.id, entry.record))
                             .collect(),
                         failed,
-                        pendings: pendings.into_iter().map(|p| (p.id, p)).collect(),
+                        pendings: pendings.iter().map(|p| (p.id, p.clone())).collect(),
                     };
-                    let outcome = engine::apply(input, requests)?;
 
-                    dialect::insert_transfers(&mut tx, &outcome.inserts).await?;
+                    let mut recheck = uuids(needs.transfer_ids.iter().copied());
+                    let mut written = Vec::new();
+                    if mode == Mode::Speculative {
+                        let balances = read_balances(&mut tx, &whole).await?;
+                        let committed = fetch_entries(&mut tx, &recheck).await?;
+                        let failed = fetch_failures(&mut tx, &recheck).await?;
+                        let guess = engine::apply(input(&balances, committed, failed), requests)?;
+                        dialect::insert_transfers(&mut tx, &guess.inserts).await?;
+                        let ids: HashSet<Uuid> =
+                            guess.inserts.iter().map(|r| r.id.as_uuid()).collect();
+                        recheck.retain(|id| !ids.contains(id));
+                        written = guess.inserts;
+                    }
+
+                    let locked = lock_accounts(&mut tx, &accounts, &whole).await?;
+                    // Only now, under the locks: a transaction that carried the same transfer
+                    // and held these rows has committed, and each statement of READ COMMITTED
+                    // sees it, so a concurrent duplicate is answered `exists`. (A transfer
+                    // written speculatively needs no second look: had another transaction
+                    // committed its id, the insert would have failed on the unique key.)
+                    let committed = fetch_entries(&mut tx, &recheck).await?;
+                    let failed = if recheck.is_empty() {
+                        HashMap::new()
+                    } else {
+                        fetch_failures(&mut tx, &recheck).await?
+                    };
+                    let outcome = engine::apply(input(&locked.balances, committed, failed), requests)?;
+
+                    if mode == Mode::Speculative {
+                        if outcome.inserts != written {
+                            return Err(StoreError::SpeculationMissed);
+                        }
+                    } else {
+                        dialect::insert_transfers(&mut tx, &outcome.inserts).await?;
+                    }
                     dialect::insert_pendings(&mut tx, &outcome.pending_inserts).await?;
                     dialect::update_pendings(&mut tx, &outcome.pending_updates).await?;
                     dialect::insert_failures(&mut tx, &outcome.failures, now).await?;
@@ -655,7 +710,7 @@ macro_rules! shared_store {
                     Ok(outcome.results)
                 }
 
-                async fn expire_once(&self, limit: u32, whole_mode: bool) -> Result<u32, StoreError> {
+                async fn expire_once(&self, limit: u32, mode: Mode) -> Result<u32, StoreError> {
                     let mut tx = dialect::begin_write(&self.pool).await?;
                     let now = self.clock.now();
                     let sql = format!(
@@ -677,7 +732,7 @@ macro_rules! shared_store {
                     let ids: BTreeSet<AccountId> =
                         outcome.deltas.iter().map(|(id, _)| *id).collect();
                     let accounts = self.load_accounts(&mut tx, &ids).await?;
-                    let whole = if whole_mode { ids } else { BTreeSet::new() };
+                    let whole = if mode == Mode::Whole { ids } else { BTreeSet::new() };
                     let locked = lock_accounts(&mut tx, &accounts, &whole).await?;
                     dialect::update_pendings(&mut tx, &outcome.updates).await?;
                     let changes = stripe_changes(&outcome.deltas, &locked)?;
@@ -700,24 +755,28 @@ macro_rules! shared_store {
                     Ok(results)
                 }
 
-                /// Runs `attempt` again while it fails with an error worth a retry. When a
-                /// blind balance update ran out of a stripe's range, the next attempt runs in
-                /// whole mode (`true`), which bounds every total and rebalances stripes.
-                async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+                /// Runs `attempt` again while it fails with an error worth a retry, starting
+                /// in `mode`. A missed speculation runs again with locks first; a blind
+                /// balance update that ran out of a stripe's range runs again in whole mode,
+                /// which bounds every total and rebalances stripes.
+                async fn retrying<T, F, Fut>(&self, mut mode: Mode, attempt: F) -> Result<T, StoreError>
                 where
-                    F: Fn(bool) -> Fut,
+                    F: Fn(Mode) -> Fut,
                     Fut: std::future::Future<Output = Result<T, StoreError>>,
                 {
                     let mut tries = 0;
-                    let mut whole = false;
                     loop {
                         tries += 1;
-                        match attempt(whole).await {
+                        match attempt(mode).await {
+                            Err(StoreError::SpeculationMissed) => {
+                                tracing::debug!("a speculative batch guessed wrong; locking first");
+                                mode = Mode::Locked;
+                            }
                             Err(StoreError::Database(error))
-                                if !whole && dialect::is_out_of_range(&error) =>
+                                if mode != Mode::Whole && dialect::is_out_of_range(&error) =>
                             {
                                 tracing::info!(%error, "a balance stripe ran out of range; retrying with whole balances");
-                                whole = true;
+                                mode = Mode::Whole;
                             }
                             Err(StoreError::Database(error)) if dialect::is_retryable(&error) => {
                                 if tries >= MAX_ATTEMPTS {
@@ -730,6 +789,41 @@ macro_rules! shared_store {
                         }
                     }
                 }
+            }
+
+            /// Unlocked sums of the stripes of these accounts: a guess, for speculation.
+            async fn read_balances(
+                conn: &mut Connection,
+                ids: &BTreeSet<AccountId>,
+            ) -> Result<HashMap<AccountId, Balance>, StoreError> {
+                if ids.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                let sql = format!(
+                    "SELECT account_id, \
+                     CAST(SUM(debits_pending) AS BIGINT) AS debits_pending, \
+                     CAST(SUM(debits_posted) AS BIGINT) AS debits_posted, \
+                     CAST(SUM(credits_pending) AS BIGINT) AS credits_pending, \
+                     CAST(SUM(credits_posted) AS BIGINT) AS credits_posted \
+                     FROM account_balances WHERE {} GROUP BY account_id",
+                    dialect::in_uuids("account_id")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(&uuids(ids.iter().copied())))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let mut balances = HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    let id = crate::sql::account_id(row.try_get("account_id")?)?;
+                    let value = balance([
+                        row.try_get("debits_pending")?,
+                        row.try_get("debits_posted")?,
+                        row.try_get("credits_pending")?,
+                        row.try_get("credits_posted")?,
+                    ])?;
+                    balances.insert(id, value);
+                }
+                Ok(balances)
             }
 
             async fn create_account(
@@ -886,7 +980,7 @@ macro_rules! shared_store {
                         credex_ledger::AssetClass::Token => 1,
                     };
                     let now = self.clock.now().as_micros();
-                    self.retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let done = sqlx::query(
                             "INSERT INTO assets (code, class, closed_at, created_at) \
                              VALUES ($1, $2, NULL, $3) ON CONFLICT (code) DO NOTHING",
@@ -905,7 +999,7 @@ macro_rules! shared_store {
                     if code.class() != credex_ledger::AssetClass::Token {
                         return Ok(CloseOutcome::NotACycle);
                     }
-                    self.retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         let sql = format!(
                             "SELECT closed_at FROM assets WHERE code = $1{}",
@@ -955,18 +1049,24 @@ macro_rules! shared_store {
                     &self,
                     accounts: &[Account],
                 ) -> Result<Vec<Result<(), CreateAccountError>>, StoreError> {
-                    self.retrying(|_| self.create_accounts_once(accounts)).await
+                    self.retrying(Mode::Locked, |_| self.create_accounts_once(accounts)).await
                 }
 
                 async fn commit(
                     &self,
                     requests: &[Vec<Transfer>],
                 ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
-                    self.retrying(|whole| self.commit_once(requests, whole)).await
+                    let size: usize = requests.iter().map(Vec::len).sum();
+                    let mode = if dialect::SPECULATE && size >= crate::sql::speculate_min() {
+                        Mode::Speculative
+                    } else {
+                        Mode::Locked
+                    };
+                    self.retrying(mode, |mode| self.commit_once(requests, mode)).await
                 }
 
                 async fn expire_pending(&self, limit: u32) -> Result<u32, StoreError> {
-                    self.retrying(|whole| self.expire_once(limit, whole)).await
+                    self.retrying(Mode::Locked, |mode| self.expire_once(limit, mode)).await
                 }
 
                 async fn accounts(&self, ids: &[AccountId]) -> Result<Vec<AccountView>, StoreError> {

@@ -63,6 +63,8 @@ fn hex(uuid: Uuid) -> String {
 mod dialect {
     use super::*;
 
+    /// Whether large batches write their journal rows before taking balance locks.
+    pub const SPECULATE: bool = false;
     pub const FOR_UPDATE: &str = "";
     pub const FOR_SHARE: &str = "";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = "";

@@ -1186,4 +1186,25 @@ async fn concurrent_duplicates(db: &TestDb) {
     );
 }
 
-on_both_backends!(bank, bank_direct_commit, concurrent_duplicates);
+/// The bank test with every PostgreSQL batch speculative (journal rows written before the
+/// balance locks, decided again under them): speculation that guesses wrong under
+/// contention must never show. SQLite never speculates; its variant repeats the bank test.
+async fn bank_speculative(db: &TestDb) {
+    // Each nextest test runs in its own process, which reads this once.
+    std::env::set_var("CREDEX_SPECULATE_MIN", "1");
+    bank(db).await;
+}
+
+/// Concurrent duplicates with every PostgreSQL batch speculative.
+async fn concurrent_duplicates_speculative(db: &TestDb) {
+    std::env::set_var("CREDEX_SPECULATE_MIN", "1");
+    concurrent_duplicates(db).await;
+}
+
+on_both_backends!(
+    bank,
+    bank_direct_commit,
+    concurrent_duplicates,
+    bank_speculative,
+    concurrent_duplicates_speculative
+);
