@@ -97,29 +97,29 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Measurement>> {
     println!("| backend | mix | batch | submitters | transfers | seconds | transfers/s | p50 ms | p99 ms |");
     println!("|---|---|--:|--:|--:|--:|--:|--:|--:|");
     for backend in &args.backends {
-        let (url, cleanup) = fresh_database(*backend, &args.postgres_url).await?;
-        let result = measure_backend(&url, args).await;
-        cleanup.run().await?;
+        let template = Template::prepare(*backend, &args.postgres_url, args.accounts).await?;
+        let result = measure_backend(&template, args).await;
+        template.remove().await?;
         all.extend(result?);
     }
     Ok(all)
 }
 
-async fn measure_backend(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<Measurement>> {
-    let store = credex_store::connect(url, Arc::new(SystemClock)).await?;
-    let mut config = GroupCommitConfig::for_backend(store.backend());
-    if let Some(flushers) = args.flushers {
-        config.flushers = flushers;
-    }
-    let ledger = Arc::new(Ledger::new(store.clone(), config));
-    let world = Arc::new(World::open(&ledger, args.accounts).await?);
+/// Every configuration runs on a fresh copy of one prepared database, so no figure depends on
+/// what ran before it.
+async fn measure_backend(
+    template: &Template,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<Measurement>> {
     let mut results = Vec::new();
     for mix in &args.mixes {
         for batch in &args.batch_sizes {
             for submitters in &args.submitters {
-                let measurement = measure(&ledger, &world, *mix, *batch, *submitters, args.seconds)
-                    .await
-                    .with_context(|| format!("{mix:?} batch {batch} × {submitters}"))?;
+                let copy = template.copy().await?;
+                let measured = measure_copy(&copy, template, args, *mix, *batch, *submitters).await;
+                template.drop_copy(copy).await?;
+                let measurement =
+                    measured.with_context(|| format!("{mix:?} batch {batch} × {submitters}"))?;
                 println!(
                     "| {} | {:?} | {} | {} | {} | {}.{:03} | {} | {}.{:03} | {}.{:03} |",
                     measurement.backend,
@@ -139,12 +139,47 @@ async fn measure_backend(url: &str, args: &BenchArgs) -> anyhow::Result<Vec<Meas
             }
         }
     }
+    Ok(results)
+}
+
+async fn measure_copy(
+    url: &str,
+    template: &Template,
+    args: &BenchArgs,
+    mix: Mix,
+    batch: usize,
+    submitters: usize,
+) -> anyhow::Result<Measurement> {
+    let store = credex_store::connect(url, Arc::new(SystemClock)).await?;
+    let mut config = GroupCommitConfig::for_backend(store.backend());
+    if let Some(flushers) = args.flushers {
+        config.flushers = flushers;
+    }
+    let ledger = Arc::new(Ledger::new(store.clone(), config));
+    // One second of the same load first, not counted: caches and connections warm up.
+    let warm = measure(&ledger, &template.world, mix, batch, submitters, 1).await;
+    let measured = match warm {
+        Ok(_) => {
+            measure(
+                &ledger,
+                &template.world,
+                mix,
+                batch,
+                submitters,
+                args.seconds,
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
     ledger.close().await;
-    let report = store.check().await?;
+    let report = store.check().await;
+    store.close().await;
+    let report = report?;
     if !report.is_ok() {
         bail!("the books do not balance after the benchmark: {report:?}");
     }
-    Ok(results)
+    measured
 }
 
 /// The provider's CR accounts and the org wallets.
@@ -294,55 +329,126 @@ async fn measure(
     })
 }
 
-/// A database made for one benchmark run and removed after it.
-enum Cleanup {
-    Directory(tempfile::TempDir),
-    Postgres { admin: String, name: String },
+/// A database prepared once per backend (the provider and its funded wallets), and the
+/// copies made of it for each configuration.
+struct Template {
+    world: Arc<World>,
+    place: Place,
 }
 
-impl Cleanup {
-    async fn run(self) -> anyhow::Result<()> {
-        match self {
-            Self::Directory(dir) => drop(dir),
-            Self::Postgres { admin, name } => {
-                let mut conn = sqlx::PgConnection::connect(&admin).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
+enum Place {
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin: String,
+        base: String,
+        name: String,
+    },
+}
+
+static COPIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Template {
+    async fn prepare(
+        backend: BackendArg,
+        postgres_url: &str,
+        accounts: usize,
+    ) -> anyhow::Result<Self> {
+        let (place, url) = match backend {
+            BackendArg::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}/template.db", dir.path().display());
+                (Place::Sqlite { dir }, url)
+            }
+            BackendArg::Postgres => {
+                let name = format!("credex_bench_{}", uuid::Uuid::new_v4().simple());
+                admin_execute(postgres_url, &format!("CREATE DATABASE {name}"))
+                    .await
+                    .context("create the benchmark database on PostgreSQL")?;
+                let host_start = postgres_url.find("://").map_or(0, |i| i + 3);
+                let base = match postgres_url[host_start..].find('/') {
+                    Some(slash) => &postgres_url[..host_start + slash],
+                    None => postgres_url,
+                };
+                let url = format!("{base}/{name}");
+                let place = Place::Postgres {
+                    admin: postgres_url.to_owned(),
+                    base: base.to_owned(),
+                    name,
+                };
+                (place, url)
+            }
+        };
+        let store = credex_store::connect(&url, Arc::new(SystemClock)).await?;
+        let ledger = Ledger::with_defaults(store.clone());
+        let world = World::open(&ledger, accounts).await;
+        ledger.close().await;
+        store.close().await;
+        Ok(Self {
+            world: Arc::new(world?),
+            place,
+        })
+    }
+
+    /// A fresh copy of the prepared database; returns its URL.
+    async fn copy(&self) -> anyhow::Result<String> {
+        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.place {
+            Place::Sqlite { dir } => {
+                let from = dir.path().join("template.db");
+                let to = dir.path().join(format!("copy{n}.db"));
+                std::fs::copy(&from, &to).context("copy the benchmark database")?;
+                Ok(format!("sqlite://{}", to.display()))
+            }
+            Place::Postgres { admin, base, name } => {
+                let copy = format!("{name}_{n}");
+                // FILE_COPY checkpoints before copying, so no checkpoint of the copy lands
+                // inside the measurement.
+                let sql = format!("CREATE DATABASE {copy} TEMPLATE {name} STRATEGY FILE_COPY");
+                admin_execute(admin, &sql).await?;
+                Ok(format!("{base}/{copy}"))
+            }
+        }
+    }
+
+    async fn drop_copy(&self, url: String) -> anyhow::Result<()> {
+        match &self.place {
+            Place::Sqlite { .. } => {
+                let path = url.trim_start_matches("sqlite://");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+                Ok(())
+            }
+            Place::Postgres { admin, .. } => {
+                let name = url.rsplit('/').next().unwrap_or_default();
+                admin_execute(
+                    admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        match self.place {
+            Place::Sqlite { dir } => drop(dir),
+            Place::Postgres { admin, name, .. } => {
+                admin_execute(
+                    &admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )
+                .await?;
             }
         }
         Ok(())
     }
 }
 
-async fn fresh_database(
-    backend: BackendArg,
-    postgres_url: &str,
-) -> anyhow::Result<(String, Cleanup)> {
-    match backend {
-        BackendArg::Sqlite => {
-            let dir = tempfile::tempdir()?;
-            let url = format!("sqlite://{}/bench.db", dir.path().display());
-            Ok((url, Cleanup::Directory(dir)))
-        }
-        BackendArg::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(postgres_url)
-                .await
-                .context("connect to PostgreSQL for the benchmark")?;
-            let name = format!("credex_bench_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await?;
-            let host_start = postgres_url.find("://").map_or(0, |i| i + 3);
-            let base = match postgres_url[host_start..].find('/') {
-                Some(slash) => &postgres_url[..host_start + slash],
-                None => postgres_url,
-            };
-            let cleanup = Cleanup::Postgres {
-                admin: postgres_url.to_owned(),
-                name: name.clone(),
-            };
-            Ok((format!("{base}/{name}"), cleanup))
-        }
-    }
+async fn admin_execute(admin: &str, sql: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    sqlx::query(sql).execute(&mut conn).await?;
+    Ok(())
 }

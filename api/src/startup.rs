@@ -97,6 +97,7 @@ impl Application {
         for job in self.jobs {
             let _ = job.await;
         }
+        self.ledger.store().close().await;
         served.context("the HTTP server failed")
     }
 }

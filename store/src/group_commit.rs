@@ -30,7 +30,7 @@ impl GroupCommitConfig {
             max_group_transfers: 16_380,
             max_queued_transfers: 262_144,
             flushers: match backend {
-                crate::Backend::Postgres => 2,
+                crate::Backend::Postgres => 3,
                 crate::Backend::Sqlite => 1,
             },
         }

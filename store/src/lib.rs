@@ -193,6 +193,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Closes every connection; the store answers nothing afterwards.
+    async fn close(&self);
+
     /// Creates an asset; `Ok(false)` when it existed already.
     async fn create_asset(&self, code: &AssetCode) -> Result<bool, StoreError>;
 

@@ -974,6 +974,10 @@ macro_rules! shared_store {
                     Ok(())
                 }
 
+                async fn close(&self) {
+                    self.pool.close().await;
+                }
+
                 async fn create_asset(&self, code: &AssetCode) -> Result<bool, StoreError> {
                     let class: i16 = match code.class() {
                         credex_ledger::AssetClass::Credit => 0,
