@@ -118,6 +118,35 @@ fn serves_on_embedded_sqlite_with_nothing_configured() {
         data.join("credex.db").exists(),
         "the SQLite database lives in the data directory"
     );
+
+    // The operator commands read the same data directory.
+    let check = Command::new(env!("CARGO_BIN_EXE_credex"))
+        .args(["check", "--data-dir"])
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run credex check");
+    assert!(check.status.success(), "{check:?}");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("\"discrepancies\": []"), "{report}");
+    let books = dir.path().join("books.beancount");
+    let export = Command::new(env!("CARGO_BIN_EXE_credex"))
+        .args(["export", "beancount", "--data-dir"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&books)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run credex export beancount");
+    assert!(export.status.success(), "{export:?}");
+    let text = std::fs::read_to_string(&books).expect("the export file");
+    // The provider's four CR accounts exist from the first start, each opened and asserted.
+    assert_eq!(text.matches(" open ").count(), 4, "{text}");
+    assert_eq!(text.matches(" balance ").count(), 4, "{text}");
+    assert!(
+        text.contains("balance Equity:Provider:Issuance  0.000000 ~ 0 CR"),
+        "{text}"
+    );
 }
 
 #[test]
