@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use credex_ledger::{Clock, PendingRecord, Timestamp, TransferError, TransferId, TransferRecord};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::sql::{shared_store, AccountCache};
@@ -120,7 +120,7 @@ mod dialect {
     pub async fn lock_balances(
         conn: &mut PgConnection,
         keys: &[(Uuid, i16)],
-    ) -> Result<Vec<(Uuid, i16, [i64; 4])>, sqlx::Error> {
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -135,20 +135,7 @@ mod dialect {
         .bind(slots)
         .fetch_all(conn)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("account_id")?,
-                    row.try_get("slot")?,
-                    [
-                        row.try_get("debits_pending")?,
-                        row.try_get("debits_posted")?,
-                        row.try_get("credits_pending")?,
-                        row.try_get("credits_posted")?,
-                    ],
-                ))
-            })
-            .collect()
+        Ok(rows)
     }
 
     pub async fn insert_transfers(

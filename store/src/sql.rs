@@ -557,8 +557,15 @@ macro_rules! shared_store {
                     return Err(StoreError::corrupt("missing balance stripes"));
                 }
                 let mut stripes: HashMap<AccountId, Vec<(i16, [i64; 4])>> = HashMap::new();
-                for (account, slot, totals) in rows {
-                    let id = crate::sql::account_id(account)?;
+                for row in &rows {
+                    let id = crate::sql::account_id(row.try_get("account_id")?)?;
+                    let slot: i16 = row.try_get("slot")?;
+                    let totals: [i64; 4] = [
+                        row.try_get("debits_pending")?,
+                        row.try_get("debits_posted")?,
+                        row.try_get("credits_pending")?,
+                        row.try_get("credits_posted")?,
+                    ];
                     if whole.contains(&id) {
                         stripes.entry(id).or_default().push((slot, totals));
                     }

@@ -13,7 +13,7 @@ use credex_ledger::{Clock, PendingRecord, Timestamp, TransferError, TransferId, 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::sql::{shared_store, AccountCache};
@@ -127,7 +127,7 @@ mod dialect {
     pub async fn lock_balances(
         conn: &mut SqliteConnection,
         keys: &[(Uuid, i16)],
-    ) -> Result<Vec<(Uuid, i16, [i64; 4])>, sqlx::Error> {
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, sqlx::Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -141,20 +141,7 @@ mod dialect {
         .bind(serde_json::to_string(&list).expect("keys serialize"))
         .fetch_all(conn)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("account_id")?,
-                    row.try_get("slot")?,
-                    [
-                        row.try_get("debits_pending")?,
-                        row.try_get("debits_posted")?,
-                        row.try_get("credits_pending")?,
-                        row.try_get("credits_posted")?,
-                    ],
-                ))
-            })
-            .collect()
+        Ok(rows)
     }
 
     pub async fn insert_transfers(
