@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::sql::{shared_store, AccountCache};
+use crate::sql::{has_code, shared_store, AccountCache};
 use crate::StoreError;
 
 /// The ledger in PostgreSQL.
@@ -99,21 +99,12 @@ mod dialect {
 
     /// Serialization failures, deadlocks, a concurrent insert of the same key, lock timeouts.
     pub fn is_retryable(error: &sqlx::Error) -> bool {
-        match error {
-            sqlx::Error::Database(db) => matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "23505" | "55P03")
-            ),
-            _ => false,
-        }
+        has_code(error, &["40001", "40P01", "23505", "55P03"])
     }
 
     /// A CHECK constraint (a balance stripe's range) or an integer overflow.
     pub fn is_out_of_range(error: &sqlx::Error) -> bool {
-        match error {
-            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23514" | "22003")),
-            _ => false,
-        }
+        has_code(error, &["23514", "22003"])
     }
 
     /// Locks the given balance stripes in key order and reads them.

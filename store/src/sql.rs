@@ -65,6 +65,15 @@ pub(crate) async fn backoff(attempt: u32) {
     tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
 }
 
+/// Whether a database error carries one of these codes (SQLSTATE on PostgreSQL, the
+/// extended result code on SQLite).
+pub(crate) fn has_code(error: &sqlx::Error, codes: &[&str]) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| codes.contains(&code.as_ref())),
+        _ => false,
+    }
+}
+
 /// A transfer row as stored.
 pub(crate) struct RawTransfer {
     pub seq: i64,

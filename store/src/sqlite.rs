@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use crate::sql::{shared_store, AccountCache};
+use crate::sql::{has_code, shared_store, AccountCache};
 use crate::StoreError;
 
 /// The ledger in an SQLite file.
@@ -58,6 +58,22 @@ shared_store!(SqliteStore, sqlx::Sqlite, dialect, Backend::Sqlite);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()
+}
+
+/// Runs a bulk statement over `rows`, bound as one JSON array (`$1`); nothing for no rows.
+async fn bulk(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    rows: Vec<serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(sql)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 mod dialect {
@@ -103,24 +119,13 @@ mod dialect {
 
     /// A busy or locked database.
     pub fn is_retryable(error: &sqlx::Error) -> bool {
-        match error {
-            sqlx::Error::Database(db) => {
-                matches!(
-                    db.code().as_deref(),
-                    Some("5" | "6" | "261" | "262" | "517")
-                )
-            }
-            _ => false,
-        }
+        has_code(error, &["5", "6", "261", "262", "517"])
     }
 
     /// A CHECK constraint (a balance stripe's range), or an integer overflow that SQLite
     /// turned into a REAL a STRICT table refuses.
     pub fn is_out_of_range(error: &sqlx::Error) -> bool {
-        match error {
-            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("275" | "3091")),
-            _ => false,
-        }
+        has_code(error, &["275", "3091"])
     }
 
     /// Reads the given balance stripes; the write lock is already held.
@@ -148,9 +153,6 @@ mod dialect {
         conn: &mut SqliteConnection,
         records: &[TransferRecord],
     ) -> Result<(), sqlx::Error> {
-        if records.is_empty() {
-            return Ok(());
-        }
         let rows: Vec<serde_json::Value> = records
             .iter()
             .map(|r| {
@@ -170,26 +172,22 @@ mod dialect {
                 ])
             })
             .collect();
-        sqlx::query(
+        bulk(
+            conn,
             "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, asset, amount, \
              pending_id, code, timeout_seconds, metadata, linked, timestamp) \
              SELECT unhex(value ->> 0), value ->> 1, unhex(value ->> 2), unhex(value ->> 3), \
              value ->> 4, value ->> 5, unhex(value ->> 6), value ->> 7, value ->> 8, value ->> 9, \
              value ->> 10, value ->> 11 FROM json_each($1) ORDER BY key",
+            rows,
         )
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(conn)
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn insert_pendings(
         conn: &mut SqliteConnection,
         records: &[PendingRecord],
     ) -> Result<(), sqlx::Error> {
-        if records.is_empty() {
-            return Ok(());
-        }
         let rows: Vec<serde_json::Value> = records
             .iter()
             .map(|p| {
@@ -208,26 +206,22 @@ mod dialect {
                 ])
             })
             .collect();
-        sqlx::query(
+        bulk(
+            conn,
             "INSERT INTO pending_transfers (id, debit_account_id, credit_account_id, asset, amount, \
              code, timestamp, expires_at, state, resolved_at, resolved_by) \
              SELECT unhex(value ->> 0), unhex(value ->> 1), unhex(value ->> 2), value ->> 3, \
              value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, \
              unhex(value ->> 10) FROM json_each($1)",
+            rows,
         )
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(conn)
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn update_pendings(
         conn: &mut SqliteConnection,
         records: &[PendingRecord],
     ) -> Result<(), sqlx::Error> {
-        if records.is_empty() {
-            return Ok(());
-        }
         let rows: Vec<serde_json::Value> = records
             .iter()
             .map(|p| {
@@ -239,18 +233,17 @@ mod dialect {
                 ])
             })
             .collect();
-        sqlx::query(
+        bulk(
+            conn,
             "UPDATE pending_transfers AS p \
              SET state = u.state, resolved_at = u.resolved_at, resolved_by = u.resolved_by \
              FROM (SELECT unhex(value ->> 0) AS id, value ->> 1 AS state, \
                    value ->> 2 AS resolved_at, unhex(value ->> 3) AS resolved_by \
                    FROM json_each($1)) AS u \
              WHERE p.id = u.id",
+            rows,
         )
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(conn)
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn insert_failures(
