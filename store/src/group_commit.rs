@@ -21,6 +21,8 @@ pub struct GroupCommitConfig {
     pub max_queued_transfers: usize,
     /// How many transactions may commit at once.
     pub flushers: usize,
+    /// How long a request may wait for room in the queue before it is refused as overloaded.
+    pub max_queue_wait: std::time::Duration,
 }
 
 impl GroupCommitConfig {
@@ -29,6 +31,7 @@ impl GroupCommitConfig {
         Self {
             max_group_transfers: 16_380,
             max_queued_transfers: 262_144,
+            max_queue_wait: std::time::Duration::from_secs(30),
             flushers: match backend {
                 crate::Backend::Postgres => 3,
                 crate::Backend::Sqlite => 1,

@@ -18,6 +18,7 @@ pub struct Ledger {
     store: Arc<dyn Store>,
     sender: RwLock<Option<mpsc::UnboundedSender<Job>>>,
     room: Arc<Semaphore>,
+    max_queue_wait: std::time::Duration,
     flushers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -54,6 +55,7 @@ impl Ledger {
             store,
             sender: RwLock::new(Some(sender)),
             room: Arc::new(Semaphore::new(config.max_queued_transfers)),
+            max_queue_wait: config.max_queue_wait,
             flushers: Mutex::new(flushers),
         }
     }
@@ -84,11 +86,12 @@ impl Ledger {
             });
         }
         let count = u32::try_from(transfers.len()).expect("bounded by BATCH_MAX");
-        let permit = self
-            .room
-            .clone()
-            .acquire_many_owned(count)
+        let room = self.room.clone().acquire_many_owned(count);
+        let permit = tokio::time::timeout(self.max_queue_wait, room)
             .await
+            .map_err(|_| StoreError::Overloaded {
+                waited: self.max_queue_wait,
+            })?
             .map_err(|_| StoreError::ShuttingDown)?;
         let sender = self
             .sender

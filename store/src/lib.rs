@@ -84,6 +84,8 @@ pub enum StoreError {
     Busy { attempts: u32 },
     #[error("the ledger is shutting down")]
     ShuttingDown,
+    #[error("the ledger is overloaded: no room in its queue after {waited:?}")]
+    Overloaded { waited: std::time::Duration },
     #[error("unsupported database URL (expected sqlite:… or postgres://…)")]
     UnsupportedUrl,
     #[error(transparent)]

@@ -2259,7 +2259,52 @@ async fn overflowing_issuance_debits_are_refused(db: &TestDb) {
     fx.close().await;
 }
 
+/// Limits: the group committer's queue is bounded in transfers and in wait. With room for one
+/// 8,190-transfer request and 1 ms of patience, a request arriving while a full one commits is
+/// refused as `Overloaded` and moves nothing; the full one commits.
+async fn queue_wait_is_bounded(db: &TestDb) {
+    let fx = Fx::new(db, 2).await;
+    let cr = fx.cr();
+    let iss = fx.p_cr(K::Issuance);
+    let (a, b) = (fx.org(0), fx.org(1));
+    let config = credex_store::GroupCommitConfig {
+        max_group_transfers: BATCH_MAX,
+        max_queued_transfers: BATCH_MAX,
+        flushers: 1,
+        max_queue_wait: std::time::Duration::from_millis(1),
+    };
+    let ledger = std::sync::Arc::new(credex_store::Ledger::new(fx.store().clone(), config));
+    let full: Vec<Transfer> = (0..BATCH_MAX)
+        .map(|_| single(iss, a.wallet, &cr, 1, C::Grant))
+        .collect();
+    let first = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.create_transfers(full).await }
+    });
+    // The first request takes the whole queue; committing 8,190 transfers takes far longer
+    // than this pause.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let refused = ledger
+        .create_transfers(vec![single(iss, b.wallet, &cr, 1, C::Grant)])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Overloaded { .. })),
+        "{refused:?}"
+    );
+    let first = first
+        .await
+        .expect("the first request finishes")
+        .expect("it commits");
+    assert_eq!(first, vec![OK; BATCH_MAX]);
+    ledger.close().await;
+    assert_eq!(fx.nets(a.wallet).await, (8_190, 0));
+    assert_eq!(fx.nets(b.wallet).await, (0, 0));
+    fx.assert_books_ok().await;
+    fx.close().await;
+}
+
 on_both_backends!(
+    queue_wait_is_bounded,
     smoke,
     rule1_every_asset_sums_to_zero,
     rule2_restricted_accounts_never_go_negative,
