@@ -51,6 +51,20 @@ pub(crate) struct Queue {
     carry: Option<Job>,
 }
 
+/// Groups being committed right now, and a signal each time one finishes.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    groups: std::sync::atomic::AtomicUsize,
+    finished: tokio::sync::Notify,
+}
+
+/// A group smaller than this waits for a group in flight to finish before it starts (it would
+/// mostly wait on that group's row locks anyway), gathering what arrives meanwhile.
+const SMALL_GROUP: usize = 256;
+
+/// The longest a small group waits for a group in flight.
+const SMALL_GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Queue {
     pub fn new(receiver: mpsc::UnboundedReceiver<Job>) -> Self {
         Self {
@@ -60,34 +74,75 @@ impl Queue {
     }
 
     /// Waits for a request, then takes every other one already waiting, up to `max`
-    /// transfers. `None` once the queue is closed and empty.
-    async fn next_group(&mut self, max: usize) -> Option<Vec<Job>> {
+    /// transfers. While the group is small and another is being committed, it waits (a
+    /// bounded time) for that one to finish and takes what arrived meanwhile. An idle ledger
+    /// commits a lone request at once. `None` once the queue is closed and empty.
+    async fn next_group(&mut self, max: usize, in_flight: &InFlight) -> Option<Vec<Job>> {
         let first = match self.carry.take() {
             Some(job) => job,
             None => self.receiver.recv().await?,
         };
         let mut total = first.transfers.len();
         let mut group = vec![first];
-        while let Ok(job) = self.receiver.try_recv() {
-            if total + job.transfers.len() > max {
-                self.carry = Some(job);
-                break;
+        loop {
+            while let Ok(job) = self.receiver.try_recv() {
+                if total + job.transfers.len() > max {
+                    self.carry = Some(job);
+                    return Some(group);
+                }
+                total += job.transfers.len();
+                group.push(job);
             }
-            total += job.transfers.len();
-            group.push(job);
+            let busy = in_flight.groups.load(std::sync::atomic::Ordering::Acquire) > 0;
+            if total >= SMALL_GROUP.min(max) || !busy {
+                return Some(group);
+            }
+            let finished = in_flight.finished.notified();
+            if in_flight.groups.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                continue;
+            }
+            if tokio::time::timeout(SMALL_GROUP_WAIT, finished)
+                .await
+                .is_err()
+            {
+                // Still busy after the wait: take what there is.
+                while let Ok(job) = self.receiver.try_recv() {
+                    if total + job.transfers.len() > max {
+                        self.carry = Some(job);
+                        break;
+                    }
+                    total += job.transfers.len();
+                    group.push(job);
+                }
+                return Some(group);
+            }
         }
-        Some(group)
     }
 }
 
 /// One flusher: commits groups until the queue closes.
-pub(crate) async fn flusher(store: Arc<dyn Store>, queue: Arc<Mutex<Queue>>, max: usize) {
+pub(crate) async fn flusher(
+    store: Arc<dyn Store>,
+    queue: Arc<Mutex<Queue>>,
+    in_flight: Arc<InFlight>,
+    max: usize,
+) {
+    use std::sync::atomic::Ordering;
     loop {
-        let group = queue.lock().await.next_group(max).await;
+        let group = {
+            let mut queue = queue.lock().await;
+            let group = queue.next_group(max, &in_flight).await;
+            if group.is_some() {
+                in_flight.groups.fetch_add(1, Ordering::AcqRel);
+            }
+            group
+        };
         let Some(group) = group else {
             return;
         };
         commit_group(store.as_ref(), group).await;
+        in_flight.groups.fetch_sub(1, Ordering::AcqRel);
+        in_flight.finished.notify_waiters();
     }
 }
 

@@ -9,7 +9,7 @@ use credex_ledger::{
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::group_commit::{flusher, GroupCommitConfig, Job, Queue};
+use crate::group_commit::{flusher, GroupCommitConfig, InFlight, Job, Queue};
 use crate::{AccountView, CreateAccountError, Store, StoreError};
 
 /// The ledger as the rest of Credex uses it.
@@ -42,11 +42,13 @@ impl Ledger {
         assert!(config.flushers >= 1);
         let (sender, receiver) = mpsc::unbounded_channel();
         let queue = Arc::new(Mutex::new(Queue::new(receiver)));
+        let in_flight = Arc::new(InFlight::default());
         let flushers = (0..config.flushers)
             .map(|_| {
                 tokio::spawn(flusher(
                     store.clone(),
                     queue.clone(),
+                    in_flight.clone(),
                     config.max_group_transfers,
                 ))
             })
