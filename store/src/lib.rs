@@ -7,8 +7,9 @@
 //! few statements whose dialects differ (bulk reads and writes, row locks) and its reading of
 //! errors.
 //!
-//! Lock order, everywhere: pending transfers (by id), then assets (shared, by code), then
-//! balance stripes (by account id and slot). A cycle close takes its asset alone.
+//! Lock order, everywhere: pending transfers (by id), then assets (shared; advisory locks on
+//! PostgreSQL), then balance stripes (by account id and slot). A cycle close takes its asset
+//! alone, exclusively.
 
 mod beancount;
 mod check;

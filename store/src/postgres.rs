@@ -64,7 +64,6 @@ mod dialect {
     /// Whether large batches write their journal rows before taking balance locks.
     pub const SPECULATE: bool = true;
     pub const FOR_UPDATE: &str = " FOR UPDATE";
-    pub const FOR_SHARE: &str = " FOR SHARE";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
 
     pub async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
@@ -105,6 +104,40 @@ mod dialect {
     /// A CHECK constraint (a balance stripe's range) or an integer overflow.
     pub fn is_out_of_range(error: &sqlx::Error) -> bool {
         has_code(error, &["23514", "22003"])
+    }
+
+    /// The first key of Credex's advisory locks ("CRDX"); the second is the asset code's hash.
+    const ASSET_LOCK_SPACE: i32 = 0x4352_4458;
+
+    /// Takes the assets' advisory locks shared. Shared locks live in the lock manager only:
+    /// unlike `FOR SHARE` on the asset row, concurrent batches write nothing to take them.
+    /// Two assets whose codes hash alike only make a close wait a little longer.
+    pub async fn lock_assets_shared(
+        conn: &mut PgConnection,
+        codes: &[String],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock_shared($2, hashtext(code))) \
+             FROM unnest($1::text[]) AS t(code)",
+        )
+        .bind(codes)
+        .bind(ASSET_LOCK_SPACE)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes one asset's advisory lock exclusively: waits for every batch touching it.
+    pub async fn lock_asset_exclusive(
+        conn: &mut PgConnection,
+        code: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($2, hashtext($1))")
+            .bind(code)
+            .bind(ASSET_LOCK_SPACE)
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     /// Locks the given balance stripes in key order and reads them.

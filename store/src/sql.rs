@@ -515,15 +515,17 @@ macro_rules! shared_store {
                 rows.iter().map(pending).collect()
             }
 
-            /// Assets, share-locked in code order: a cycle cannot close under a batch.
+            /// Assets, share-locked: a cycle cannot close under a batch.
             async fn share_assets(
                 conn: &mut Connection,
                 codes: &[String],
             ) -> Result<HashMap<AssetCode, AssetState>, StoreError> {
+                // Shared with every batch, exclusive for a close: taken before the read, so the
+                // read sees any close that committed while this waited.
+                dialect::lock_assets_shared(&mut *conn, codes).await?;
                 let sql = format!(
-                    "SELECT code, closed_at FROM assets WHERE {} ORDER BY code{}",
+                    "SELECT code, closed_at FROM assets WHERE {} ORDER BY code",
                     dialect::in_texts("code"),
-                    dialect::FOR_SHARE
                 );
                 let rows = sqlx::query(&sql)
                     .bind(dialect::text_list(codes))
@@ -1021,6 +1023,8 @@ macro_rules! shared_store {
                     }
                     self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
+                        // Waits for every batch holding the asset shared.
+                        dialect::lock_asset_exclusive(&mut tx, code.as_str()).await?;
                         let sql = format!(
                             "SELECT closed_at FROM assets WHERE code = $1{}",
                             dialect::FOR_UPDATE

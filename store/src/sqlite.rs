@@ -82,7 +82,6 @@ mod dialect {
     /// Whether large batches write their journal rows before taking balance locks.
     pub const SPECULATE: bool = false;
     pub const FOR_UPDATE: &str = "";
-    pub const FOR_SHARE: &str = "";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = "";
 
     pub async fn begin_write(
@@ -126,6 +125,22 @@ mod dialect {
     /// turned into a REAL a STRICT table refuses.
     pub fn is_out_of_range(error: &sqlx::Error) -> bool {
         has_code(error, &["275", "3091"])
+    }
+
+    /// Nothing to take: the write lock already excludes every other writer.
+    pub async fn lock_assets_shared(
+        _conn: &mut SqliteConnection,
+        _codes: &[String],
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// Nothing to take: the write lock already excludes every other writer.
+    pub async fn lock_asset_exclusive(
+        _conn: &mut SqliteConnection,
+        _code: &str,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 
     /// Reads the given balance stripes; the write lock is already held.
