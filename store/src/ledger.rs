@@ -158,10 +158,11 @@ impl Ledger {
             return Ok(view);
         }
         let account = Account::new(AccountId::generate(), asset.clone(), owner, kind)
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            .map_err(CreateAccountError::Invalid)?;
         match self.store.create_accounts(&[account]).await?.pop() {
+            // A concurrent caller may have created it meanwhile: then it is found below.
             Some(Ok(()) | Err(CreateAccountError::DuplicateOwnerKindAsset)) => {}
-            Some(Err(error)) => return Err(StoreError::Corrupt(error.to_string())),
+            Some(Err(error)) => return Err(error.into()),
             None => return Err(StoreError::corrupt("no result for a created account")),
         }
         self.store

@@ -89,6 +89,8 @@ pub enum StoreError {
     Overloaded { waited: std::time::Duration },
     #[error("unsupported database URL (expected sqlite:… or postgres://…)")]
     UnsupportedUrl,
+    #[error("the account cannot be created: {0}")]
+    Account(#[from] CreateAccountError),
     #[error(transparent)]
     Shared(Arc<StoreError>),
     /// Internal: a speculative batch decided differently under its locks; it is tried again
