@@ -12,7 +12,7 @@ use credex_store::{Ledger, SystemClock};
 use tokio::sync::watch;
 
 use crate::config::{redacted, Config};
-use crate::{jobs, routes};
+use crate::{jobs, problem, routes};
 
 /// What every request handler can reach.
 #[derive(Debug)]
@@ -62,10 +62,14 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(problem::problem_details))
                 .app_data(state.clone())
-                .app_data(web::JsonConfig::default().limit(1 << 20))
-                .service(routes::health::healthz)
-                .service(routes::health::readyz)
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(1 << 20)
+                        .error_handler(problem::json_error),
+                )
+                .configure(routes::health::configure)
         })
         .shutdown_timeout(30)
         .listen(listener)?

@@ -55,10 +55,16 @@ fn start(data_dir: &std::path::Path, database_url: Option<&str>) -> Server {
 }
 
 fn get(port: u16, path: &str) -> (u16, String) {
+    let (status, _, body) = request(port, "GET", path);
+    (status, body)
+}
+
+/// One HTTP/1.1 request; the status, the head (lower-cased) and the body.
+fn request(port: u16, method: &str, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("send");
     let mut response = String::new();
@@ -68,12 +74,8 @@ fn get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("a status line");
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -105,6 +107,26 @@ fn check_health(server: &Server, backend: &str) {
     let (status, body) = get(server.port, "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&format!("\"{backend}\"")), "{body}");
+    // Errors are problem details with the request's id, in the body and in a header.
+    let (status, head, body) = request(server.port, "GET", "/nowhere");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    assert!(
+        body.contains("https://credex.dev/problems/not-found"),
+        "{body}"
+    );
+    assert!(head.contains("x-request-id: "), "{head}");
+    assert!(body.contains("\"request_id\""), "{body}");
+    let (status, head, body) = request(server.port, "POST", "/healthz");
+    assert_eq!(status, 405, "{body}");
+    assert!(head.contains("allow: get"), "{head}");
+    assert!(
+        body.contains("https://credex.dev/problems/method-not-allowed"),
+        "{body}"
+    );
 }
 
 #[test]

@@ -1,16 +1,15 @@
 //! `GET /healthz` (the process is up) and `GET /readyz` (the database answers).
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{web, HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::problem::{ApiError, ProblemKind};
 use crate::startup::AppState;
 
-#[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-#[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.ledger.store();
     match store.ping().await {
@@ -20,13 +19,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         })),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");
-            HttpResponse::ServiceUnavailable()
-                .content_type("application/problem+json")
-                .json(json!({
-                    "type": "https://credex.dev/problems/database-unavailable",
-                    "title": "The database is unavailable",
-                    "status": 503,
-                }))
+            ApiError::new(ProblemKind::Unavailable, "the database does not answer").error_response()
         }
     }
+}
+
+/// The probes. Routes are registered per resource with their methods, so that a method a path
+/// does not take answers 405 with `Allow` (attribute macros would answer 404).
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)));
 }
