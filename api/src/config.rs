@@ -1,31 +1,110 @@
-//! Configuration: command-line options and `CREDEX_*` / `DATABASE_URL` environment variables.
+//! Configuration, in layers: defaults, then a TOML file (`--config` / `CREDEX_CONFIG`), then
+//! `CREDEX_*` environment variables (and `DATABASE_URL`), then command-line options. Secrets
+//! (the database URL may carry a password) never print: [`Config`]'s `Debug` hides them and
+//! logs show [`redacted`] URLs.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use serde::Deserialize;
 
-/// Where the server listens and keeps its data.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "CREDEX_BIND", default_value = "127.0.0.1:8080")]
-    pub bind: String,
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
-    /// Directory of the embedded SQLite database (used when no DATABASE_URL is given).
-    #[arg(long, env = "CREDEX_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+/// The options as given on the command line or in the environment; each overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// A TOML file with any of: bind, data_dir, database_url.
+    #[arg(long = "config", env = "CREDEX_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CREDEX_BIND")]
+    pub bind: Option<String>,
+
+    /// Directory of the embedded SQLite database, used when no database URL is given
+    /// [default: ./data].
+    #[arg(long, env = "CREDEX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// `postgres://…` to use PostgreSQL, or `sqlite:…`; default: SQLite in the data directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
+/// The keys a configuration file may hold; any other key is an error, not a silent no-op.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+}
+
+/// A value that must not reach logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The resolved configuration of a `credex` process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: String,
+    pub data_dir: PathBuf,
+    database_url: Option<Secret>,
+}
+
 impl Config {
+    /// Resolves the layers: options and environment over the file over the defaults.
+    pub fn load(args: ConfigArgs) -> anyhow::Result<Self> {
+        let file = match &args.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Ok(Self {
+            bind: args
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| DEFAULT_BIND.to_owned()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            database_url: args.database_url.or(file.database_url).map(Secret),
+        })
+    }
+
+    /// The configuration for a server on `bind` keeping its data in `data_dir`.
+    pub fn new(bind: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bind: bind.into(),
+            data_dir: data_dir.into(),
+            database_url: None,
+        }
+    }
+
+    pub fn with_database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(Secret(url.into()));
+        self
+    }
+
     /// The database URL to connect to, creating the data directory for the default SQLite
     /// database.
     pub fn database_url(&self) -> anyhow::Result<String> {
         if let Some(url) = &self.database_url {
-            return Ok(url.clone());
+            return Ok(url.expose().to_owned());
         }
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("create the data directory {}", self.data_dir.display()))?;
@@ -34,6 +113,13 @@ impl Config {
             self.data_dir.join("credex.db").display()
         ))
     }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the configuration file {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("the configuration file {} is not valid", path.display()))
 }
 
 /// A database URL with its password hidden, for logs.
@@ -59,7 +145,7 @@ pub fn redacted(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::*;
 
     #[test]
     fn passwords_never_reach_logs() {
@@ -75,5 +161,60 @@ mod tests {
             redacted("sqlite://./data/credex.db"),
             "sqlite://./data/credex.db"
         );
+        let config =
+            Config::new("127.0.0.1:0", "/tmp").with_database_url("postgres://u:s3cret@h/d");
+        assert!(!format!("{config:?}").contains("s3cret"), "{config:?}");
+    }
+
+    #[test]
+    fn layers_resolve_options_over_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("credex.toml");
+        std::fs::write(
+            &path,
+            "bind = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/credex\"\n",
+        )
+        .expect("write the file");
+        let defaults = Config::load(ConfigArgs::default()).expect("defaults");
+        assert_eq!(
+            (defaults.bind.as_str(), defaults.data_dir.as_path()),
+            (DEFAULT_BIND, Path::new(DEFAULT_DATA_DIR))
+        );
+        let from_file = Config::load(ConfigArgs {
+            config_file: Some(path.clone()),
+            ..ConfigArgs::default()
+        })
+        .expect("the file");
+        assert_eq!(from_file.bind, "0.0.0.0:9000");
+        assert_eq!(from_file.data_dir, Path::new("/var/lib/credex"));
+        let overridden = Config::load(ConfigArgs {
+            config_file: Some(path),
+            bind: Some("127.0.0.1:7000".to_owned()),
+            ..ConfigArgs::default()
+        })
+        .expect("options over the file");
+        assert_eq!(overridden.bind, "127.0.0.1:7000");
+        assert_eq!(overridden.data_dir, Path::new("/var/lib/credex"));
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("credex.toml");
+        std::fs::write(&path, "bnd = \"0.0.0.0:9000\"\n").expect("write the file");
+        let error = Config::load(ConfigArgs {
+            config_file: Some(path),
+            ..ConfigArgs::default()
+        })
+        .expect_err("a misspelt key is refused");
+        assert!(
+            format!("{error:#}").contains("unknown field `bnd`"),
+            "{error:#}"
+        );
+        let missing = Config::load(ConfigArgs {
+            config_file: Some(dir.path().join("absent.toml")),
+            ..ConfigArgs::default()
+        });
+        assert!(missing.is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use credex_api::bench::BenchArgs;
-use credex_api::config::redacted;
+use credex_api::config::{redacted, ConfigArgs};
 use credex_api::{telemetry, Application, Config};
 use credex_store::SystemClock;
 
@@ -23,9 +23,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API (SQLite under ./data unless DATABASE_URL names PostgreSQL).
-    Serve(Config),
+    Serve(ConfigArgs),
     /// Recompute every balance from the journal and report any difference; exits 1 on any.
-    Check(Config),
+    Check(ConfigArgs),
     /// Export the books.
     Export {
         #[command(subcommand)]
@@ -43,7 +43,7 @@ enum ExportFormat {
     /// The journal in Beancount syntax, with the stored balances as balance assertions.
     Beancount {
         #[command(flatten)]
-        config: Config,
+        config: ConfigArgs,
         /// File to write (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -71,16 +71,17 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(config) => {
+        Command::Serve(args) => {
+            let config = Config::load(args)?;
             let app = Application::build(&config).await?;
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check(config) => check(&config).await,
+        Command::Check(args) => check(&Config::load(args)?).await,
         Command::Export {
             format: ExportFormat::Beancount { config, output },
         } => {
-            let store = open(&config).await?;
+            let store = open(&Config::load(config)?).await?;
             let summary = match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
