@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod jobs;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod startup;

@@ -31,6 +31,8 @@ enum Command {
         #[command(subcommand)]
         format: ExportFormat,
     },
+    /// Print the OpenAPI document (as committed at openapi/openapi.json).
+    Openapi,
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -102,6 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "exported {} accounts, {} transactions, {} balance assertions",
                 summary.accounts, summary.transactions, summary.assertions
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            print!("{}", credex_api::openapi::document_json());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

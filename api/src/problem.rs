@@ -116,13 +116,23 @@ impl ProblemKind {
     }
 }
 
-/// An RFC 9457 problem document.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// An RFC 9457 problem document: what went wrong, in a stable shape.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://credex.dev/problems/not-found",
+    "title": "Nothing is here",
+    "status": 404,
+    "request_id": "01a218c4-adc8-710b-a55d-40678966060d"
+}))]
 pub struct Problem {
+    /// A URI naming the kind of problem; stable, one per kind.
     #[serde(rename = "type")]
     pub type_uri: String,
+    /// A short, human-readable summary of the kind of problem.
     pub title: String,
+    /// The HTTP status code.
     pub status: u16,
+    /// What went wrong in this occurrence, when it helps the caller.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// The request's id, also in the `X-Request-Id` header and on every log line.

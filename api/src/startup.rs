@@ -12,7 +12,7 @@ use credex_store::{Ledger, SystemClock};
 use tokio::sync::watch;
 
 use crate::config::{redacted, Config};
-use crate::{jobs, problem, routes};
+use crate::{jobs, openapi, problem, routes};
 
 /// What every request handler can reach.
 #[derive(Debug)]
@@ -70,6 +70,7 @@ impl Application {
                         .error_handler(problem::json_error),
                 )
                 .configure(routes::health::configure)
+                .configure(openapi::configure)
         })
         .shutdown_timeout(30)
         .listen(listener)?

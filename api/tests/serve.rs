@@ -127,6 +127,18 @@ fn check_health(server: &Server, backend: &str) {
         body.contains("https://credex.dev/problems/method-not-allowed"),
         "{body}"
     );
+    // The served OpenAPI document is the committed one; the reference page renders it.
+    let (status, served) = get(server.port, "/openapi.json");
+    assert_eq!(status, 200);
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../openapi/openapi.json"
+    ))
+    .expect("the committed document");
+    assert_eq!(served, committed);
+    let (status, page) = get(server.port, "/docs");
+    assert_eq!(status, 200);
+    assert!(page.contains("<code>/readyz</code>"), "{page}");
 }
 
 #[test]

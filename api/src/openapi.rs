@@ -1,0 +1,175 @@
+//! The OpenAPI 3.1 document, generated from the code (`utoipa`), served at `/openapi.json` and
+//! committed at `openapi/openapi.json` (a test fails when the two differ; `credex openapi`
+//! prints it), and the API reference at `/docs`, rendered on the server from the same document:
+//! no script, nothing downloaded.
+
+use std::fmt::Write as _;
+
+use actix_web::{web, HttpResponse};
+use utoipa::openapi::{OpenApi as Document, PathItem};
+use utoipa::OpenApi;
+
+use crate::problem::Problem;
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Credex",
+        description = "The credit exchange and ledger of an AI API provider. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `type` URI and the request's id.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(routes::health::healthz, routes::health::readyz),
+    components(schemas(Problem)),
+    tags((name = "operations", description = "Probes for load balancers and orchestrators")),
+)]
+struct ApiDoc;
+
+/// The whole document.
+pub fn document() -> Document {
+    let mut document = ApiDoc::openapi();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    document
+}
+
+/// The document as committed: pretty JSON with a final newline.
+pub fn document_json() -> String {
+    let mut json = document()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    json.push('\n');
+    json
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document_json())
+}
+
+/// `GET /docs`: every operation with its responses, as plain HTML.
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(reference_html(&document()))
+}
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/openapi.json").route(web::get().to(openapi_json)))
+        .service(web::resource("/docs").route(web::get().to(docs)));
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn operations(item: &PathItem) -> Vec<(&'static str, &utoipa::openapi::path::Operation)> {
+    [
+        ("GET", item.get.as_ref()),
+        ("POST", item.post.as_ref()),
+        ("PUT", item.put.as_ref()),
+        ("PATCH", item.patch.as_ref()),
+        ("DELETE", item.delete.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| operation.map(|operation| (method, operation)))
+    .collect()
+}
+
+fn reference_html(document: &Document) -> String {
+    let mut html = String::new();
+    let title = escape(&document.info.title);
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} API reference</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}\
+         code{{background:#f3f3f3;padding:0 .2rem}}section{{border-top:1px solid #ddd;padding:.5rem 0}}\
+         .method{{font-weight:bold;margin-right:.5rem}}</style></head><body>\
+         <h1>{title} API reference</h1><p>Version {}. The machine-readable document is at \
+         <a href=\"/openapi.json\"><code>/openapi.json</code></a>.</p>",
+        escape(&document.info.version)
+    );
+    if let Some(description) = &document.info.description {
+        let _ = write!(html, "<p>{}</p>", escape(description));
+    }
+    for (path, item) in &document.paths.paths {
+        for (method, operation) in operations(item) {
+            let _ = write!(
+                html,
+                "<section><h2><span class=\"method\">{method}</span><code>{}</code></h2>",
+                escape(path)
+            );
+            if let Some(summary) = &operation.summary {
+                let _ = write!(html, "<p>{}</p>", escape(summary));
+            }
+            if let Some(description) = &operation.description {
+                let _ = write!(html, "<p>{}</p>", escape(description));
+            }
+            html.push_str("<ul>");
+            for (status, response) in &operation.responses.responses {
+                let text = match response {
+                    utoipa::openapi::RefOr::T(response) => escape(&response.description),
+                    utoipa::openapi::RefOr::Ref(reference) => escape(&reference.ref_location),
+                };
+                let _ = write!(html, "<li><code>{}</code> {text}</li>", escape(status));
+            }
+            html.push_str("</ul></section>");
+        }
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed document is the generated one: change the code, then run
+    /// `cargo run -- openapi > openapi/openapi.json`.
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == document_json(),
+            "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`"
+        );
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_every_operation_answers_problems() {
+        let json: serde_json::Value = serde_json::from_str(&document_json()).expect("valid JSON");
+        assert_eq!(json["openapi"], "3.1.0");
+        let paths = json["paths"].as_object().expect("paths");
+        assert!(paths.contains_key("/healthz") && paths.contains_key("/readyz"));
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().expect("an item") {
+                let responses = operation["responses"].as_object().expect("responses");
+                let errors: Vec<_> = responses.keys().filter(|s| !s.starts_with('2')).collect();
+                assert!(!errors.is_empty(), "{method} {path} documents no error");
+                for status in errors {
+                    let content = &responses[status]["content"];
+                    assert!(
+                        content.get("application/problem+json").is_some(),
+                        "{method} {path} {status} is not problem details"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_reference_lists_every_operation() {
+        let html = reference_html(&document());
+        assert!(html.contains("<code>/healthz</code>") && html.contains("<code>/readyz</code>"));
+        assert!(html.contains("<code>503</code>"));
+        assert!(!html.contains("<script"));
+    }
+}
