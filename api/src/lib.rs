@@ -7,8 +7,10 @@
 pub mod bench;
 pub mod config;
 pub mod jobs;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod ratelimit;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

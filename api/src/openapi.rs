@@ -19,9 +19,9 @@ use crate::routes;
         description = "The credit exchange and ledger of an AI API provider. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `type` URI and the request's id.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(routes::health::healthz, routes::health::readyz),
+    paths(routes::health::healthz, routes::health::readyz, crate::metrics::metrics_handler),
     components(schemas(Problem)),
-    tags((name = "operations", description = "Probes for load balancers and orchestrators")),
+    tags((name = "operations", description = "Probes and metrics for load balancers, orchestrators and Prometheus")),
 )]
 struct ApiDoc;
 

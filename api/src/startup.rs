@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use credex_ledger::{AssetCode, Clock};
@@ -12,7 +13,24 @@ use credex_store::{Ledger, SystemClock};
 use tokio::sync::watch;
 
 use crate::config::{redacted, Config};
-use crate::{jobs, openapi, problem, routes};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
+use crate::{jobs, metrics, openapi, problem, ratelimit, routes};
+
+/// The metrics registry, sampling the ledger's counters and its database pool at each scrape.
+fn observed(ledger: &Arc<Ledger>) -> Metrics {
+    let metrics = Metrics::new();
+    let ledger = ledger.clone();
+    metrics.on_render(move |metrics| {
+        for (code, result, total) in ledger.transfer_counts() {
+            metrics.set_transfers_total(code, result, total);
+        }
+        let store = ledger.store();
+        let pool = store.pool_status();
+        metrics.set_pool(&store.backend().to_string(), pool.size, pool.idle);
+    });
+    metrics
+}
 
 /// What every request handler can reach.
 #[derive(Debug)]
@@ -60,10 +78,18 @@ impl Application {
         let state = web::Data::new(AppState {
             ledger: ledger.clone(),
         });
+        let metrics = web::Data::new(observed(&ledger));
+        let limits = web::Data::new(RateLimits::default());
         let server = HttpServer::new(move || {
+            // The last `wrap` is the outermost: metrics see every answer, problem details
+            // shape every error, rate limits come before any work.
             App::new()
-                .wrap(actix_web::middleware::from_fn(problem::problem_details))
+                .wrap(from_fn(ratelimit::per_address))
+                .wrap(from_fn(problem::problem_details))
+                .wrap(from_fn(metrics::http_metrics))
                 .app_data(state.clone())
+                .app_data(metrics.clone())
+                .app_data(limits.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(1 << 20)
@@ -71,6 +97,7 @@ impl Application {
                 )
                 .configure(routes::health::configure)
                 .configure(openapi::configure)
+                .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
         })
         .shutdown_timeout(30)
         .listen(listener)?

@@ -139,6 +139,25 @@ fn check_health(server: &Server, backend: &str) {
     let (status, page) = get(server.port, "/docs");
     assert_eq!(status, 200);
     assert!(page.contains("<code>/readyz</code>"), "{page}");
+    // Metrics count the requests above by route template, and see the database pool.
+    let (status, text) = get(server.port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(
+            "credex_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("route=\"unmatched\",status=\"404\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "credex_db_pool_connections{{backend=\"{backend}\""
+        )),
+        "{text}"
+    );
 }
 
 #[test]

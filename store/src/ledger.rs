@@ -1,10 +1,11 @@
 //! [`Ledger`]: the store behind a group committer, with the conveniences every feature needs.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use credex_ledger::{
-    Account, AccountId, AccountKind, AssetClass, AssetCode, Owner, Transfer, TransferResult,
-    BATCH_MAX,
+    Account, AccountId, AccountKind, Action, AssetClass, AssetCode, Owner, Transfer,
+    TransferResult, BATCH_MAX,
 };
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use tokio::task::JoinHandle;
@@ -20,11 +21,23 @@ pub struct Ledger {
     room: Arc<Semaphore>,
     max_queue_wait: std::time::Duration,
     flushers: Mutex<Vec<JoinHandle<()>>>,
+    /// Transfers answered, by code (or `post`/`void`) and result (`ok` or the error's name).
+    counts: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Job({} transfers)", self.transfers.len())
+    }
+}
+
+/// The label a transfer is counted under: its code, or `post`/`void` for a resolution (whose
+/// code is its pending transfer's).
+fn code_label(transfer: &Transfer) -> &'static str {
+    match transfer.action() {
+        Action::Move(movement) | Action::Reserve { movement, .. } => movement.code().name(),
+        Action::Post { .. } => "post",
+        Action::Void { .. } => "void",
     }
 }
 
@@ -58,6 +71,7 @@ impl Ledger {
             sender: RwLock::new(Some(sender)),
             room: Arc::new(Semaphore::new(config.max_queued_transfers)),
             max_queue_wait: config.max_queue_wait,
+            counts: std::sync::Mutex::default(),
             flushers: Mutex::new(flushers),
         }
     }
@@ -101,6 +115,7 @@ impl Ledger {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(StoreError::ShuttingDown)?;
+        let labels: Vec<&'static str> = transfers.iter().map(code_label).collect();
         let (reply, answer) = oneshot::channel();
         sender
             .send(Job {
@@ -110,7 +125,29 @@ impl Ledger {
             })
             .map_err(|_| StoreError::ShuttingDown)?;
         drop(sender);
-        answer.await.map_err(|_| StoreError::ShuttingDown)?
+        let results = answer.await.map_err(|_| StoreError::ShuttingDown)??;
+        self.count(&labels, &results);
+        Ok(results)
+    }
+
+    /// Transfers answered so far, by code label and result: for metrics.
+    pub fn transfer_counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .map(|((code, result), n)| (*code, *result, *n))
+            .collect()
+    }
+
+    fn count(&self, labels: &[&'static str], results: &[TransferResult]) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for (label, result) in labels.iter().zip(results) {
+            let outcome = match result {
+                Ok(()) => "ok",
+                Err(error) => error.name(),
+            };
+            *counts.entry((label, outcome)).or_default() += 1;
+        }
     }
 
     /// Stops taking requests, commits every request already taken, and waits for the

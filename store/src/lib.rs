@@ -51,6 +51,13 @@ pub const HOT_BALANCE_MAX: u64 = 16 * BALANCE_MAX;
 /// The most rows one page of history or journal may return.
 pub const PAGE_MAX: u32 = 1_000;
 
+/// A connection pool's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    pub size: u32,
+    pub idle: u32,
+}
+
 /// Which database a store keeps its data in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,6 +207,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Closes every connection; the store answers nothing afterwards.
     async fn close(&self);
+
+    /// How many connections the pool holds, and how many of them are idle.
+    fn pool_status(&self) -> PoolStatus;
 
     /// Creates an asset; `Ok(false)` when it existed already.
     async fn create_asset(&self, code: &AssetCode) -> Result<bool, StoreError>;

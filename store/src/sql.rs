@@ -996,6 +996,13 @@ macro_rules! shared_store {
                     self.pool.close().await;
                 }
 
+                fn pool_status(&self) -> crate::PoolStatus {
+                    crate::PoolStatus {
+                        size: self.pool.size(),
+                        idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+                    }
+                }
+
                 async fn create_asset(&self, code: &AssetCode) -> Result<bool, StoreError> {
                     let class: i16 = match code.class() {
                         credex_ledger::AssetClass::Credit => 0,

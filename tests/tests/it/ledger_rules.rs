@@ -288,6 +288,15 @@ async fn smoke(db: &TestDb) {
     assert_eq!(views[1].balance.net_posted(), 400);
     let report = ledger.store().check().await.unwrap();
     assert!(report.is_ok(), "{report:?}");
+    // The ledger counts what it answered, for metrics.
+    assert_eq!(
+        ledger.transfer_counts(),
+        vec![
+            ("grant", "ok", 1),
+            ("trade", "exceeds_credits", 1),
+            ("trade", "ok", 1)
+        ]
+    );
     ledger.close().await;
 }
 
