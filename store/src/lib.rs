@@ -14,6 +14,7 @@
 mod beancount;
 mod check;
 mod group_commit;
+pub mod identity;
 mod ledger;
 mod postgres;
 mod sql;
@@ -33,6 +34,12 @@ use serde::Serialize;
 pub use beancount::{export_beancount, ExportSummary};
 pub use check::{CheckReport, Discrepancy};
 pub use group_commit::GroupCommitConfig;
+pub use identity::{
+    ApiKey, ApiKeyId, ApiKeyName, ApiKeyPrefix, AuditAction, AuditCursor, AuditEntry, AuditFilter,
+    AuditId, Email, IdentityError, IdentityParseError, IdentityStore, IssuedRefreshToken,
+    NewApiKey, Org, OrgName, PasswordHash, Plan, RefreshTokenId, Role, RotateOutcome, Scope,
+    Scopes, TokenFamilyId, TokenHash, User, UserId, VerificationLevel,
+};
 pub use ledger::Ledger;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -196,7 +203,7 @@ pub type JournalTotals = BTreeMap<AccountId, Balance>;
 /// `commit` is the raw write path: callers normally go through [`Ledger`], which coalesces
 /// concurrent requests into few calls (group commit).
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store: IdentityStore + Send + Sync + fmt::Debug + 'static {
     fn backend(&self) -> Backend;
 
     /// The clock that stamps transfers and decides expiry.

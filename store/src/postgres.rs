@@ -57,6 +57,7 @@ impl PostgresStore {
 }
 
 shared_store!(PostgresStore, sqlx::Postgres, dialect, Backend::Postgres);
+crate::identity::shared_identity!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;
