@@ -15,7 +15,8 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 /// The options as given on the command line or in the environment; each overrides the file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
-    /// A TOML file with any of: bind, data_dir, database_url.
+    /// A TOML file with any of: bind, data_dir, database_url, admin_email, admin_password,
+    /// jwt_secret.
     #[arg(long = "config", env = "CREDEX_CONFIG")]
     pub config_file: Option<PathBuf>,
 
@@ -31,6 +32,20 @@ pub struct ConfigArgs {
     /// `postgres://…` to use PostgreSQL, or `sqlite:…`; default: SQLite in the data directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// The first admin's e-mail, used on a first start when there is no admin yet.
+    #[arg(long, env = "CREDEX_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+
+    /// The first admin's password (with CREDEX_ADMIN_EMAIL); without it a first start makes
+    /// one up and prints it once.
+    #[arg(long, env = "CREDEX_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// The key (at least 32 bytes) that signs access tokens; without it, every process of the
+    /// deployment shares one made up on the first start and kept in the database.
+    #[arg(long, env = "CREDEX_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 /// The keys a configuration file may hold; any other key is an error, not a silent no-op.
@@ -40,6 +55,9 @@ struct FileConfig {
     bind: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    admin_email: Option<String>,
+    admin_password: Option<String>,
+    jwt_secret: Option<String>,
 }
 
 /// A value that must not reach logs.
@@ -68,6 +86,9 @@ pub struct Config {
     pub bind: String,
     pub data_dir: PathBuf,
     database_url: Option<Secret>,
+    pub admin_email: Option<String>,
+    pub admin_password: Option<Secret>,
+    pub jwt_secret: Option<Secret>,
 }
 
 impl Config {
@@ -87,6 +108,9 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             database_url: args.database_url.or(file.database_url).map(Secret),
+            admin_email: args.admin_email.or(file.admin_email),
+            admin_password: args.admin_password.or(file.admin_password).map(Secret),
+            jwt_secret: args.jwt_secret.or(file.jwt_secret).map(Secret),
         })
     }
 
@@ -96,6 +120,9 @@ impl Config {
             bind: bind.into(),
             data_dir: data_dir.into(),
             database_url: None,
+            admin_email: None,
+            admin_password: None,
+            jwt_secret: None,
         }
     }
 

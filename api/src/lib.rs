@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod views;
 
 pub use config::Config;
 pub use startup::Application;

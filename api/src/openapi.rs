@@ -19,11 +19,44 @@ use crate::routes;
         description = "The credit exchange and ledger of an AI API provider. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `type` URI and the request's id.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(routes::health::healthz, routes::health::readyz, crate::metrics::metrics_handler),
+    paths(
+        routes::health::healthz,
+        routes::health::readyz,
+        crate::metrics::metrics_handler,
+        routes::auth::login,
+        routes::auth::refresh,
+        routes::auth::logout,
+        routes::auth::me,
+    ),
     components(schemas(Problem)),
-    tags((name = "operations", description = "Probes and metrics for load balancers, orchestrators and Prometheus")),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Signing in and out; who is calling"),
+        (name = "operations", description = "Probes and metrics for load balancers, orchestrators and Prometheus"),
+    ),
 )]
 struct ApiDoc;
+
+/// The `bearer` security scheme: a user's access token (a JWT from `/v1/auth/login`) or an
+/// org's API key (`cdx_…`).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, document: &mut Document) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT or API key")
+            .description(Some(
+                "An access token from POST /v1/auth/login (15 minutes), or an API key `cdx_…`.",
+            ))
+            .build();
+        document
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// The whole document.
 pub fn document() -> Document {

@@ -121,14 +121,27 @@ impl RateLimiter {
 pub struct RateLimits {
     /// Every request, by client address. Generous: it stops floods, not users.
     pub per_address: RateLimiter,
+    /// Sign-in attempts by client address: stricter, against password guessing.
+    pub login_per_address: RateLimiter,
+    /// Sign-in attempts by e-mail address, wherever they come from.
+    pub login_per_email: RateLimiter,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
         Self {
             per_address: RateLimiter::new(Limit::new(2_000, 120_000), 100_000),
+            login_per_address: RateLimiter::new(Limit::new(20, 20), 100_000),
+            login_per_email: RateLimiter::new(Limit::new(10, 10), 100_000),
         }
     }
+}
+
+/// A 429 answer, with `Retry-After`.
+pub fn too_many(wait: Duration) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::TooManyRequests()
+        .insert_header(("Retry-After", retry_after_seconds(wait).to_string()))
+        .finish()
 }
 
 /// Middleware: refuses a client address over its limit with 429 and `Retry-After` (the
@@ -142,10 +155,7 @@ pub async fn per_address(
     let limits = req.app_data::<actix_web::web::Data<RateLimits>>().cloned();
     if let (Some(limits), Some(peer)) = (limits, req.peer_addr()) {
         if let Err(wait) = limits.per_address.check(&peer.ip().to_string()) {
-            let response = actix_web::HttpResponse::TooManyRequests()
-                .insert_header(("Retry-After", retry_after_seconds(wait).to_string()))
-                .finish();
-            return Ok(req.into_response(response));
+            return Ok(req.into_response(too_many(wait)));
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
@@ -208,6 +218,7 @@ mod tests {
         use actix_web::{middleware::from_fn, test, web, App, HttpResponse};
         let limits = web::Data::new(RateLimits {
             per_address: RateLimiter::new(Limit::new(2, 1), 10),
+            ..RateLimits::default()
         });
         let app = test::init_service(
             App::new()

@@ -4,14 +4,18 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use credex_ledger::{AssetCode, Clock};
-use credex_store::{Ledger, SystemClock};
+use credex_store::{Ledger, Store, SystemClock};
 use tokio::sync::watch;
 
+use crate::auth::access::Authenticator;
+use crate::auth::session::{self, Sessions};
+use crate::auth::{bootstrap, jwt};
 use crate::config::{redacted, Config};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
@@ -30,6 +34,96 @@ fn observed(ledger: &Arc<Ledger>) -> Metrics {
         metrics.set_pool(&store.backend().to_string(), pool.size, pool.idle);
     });
     metrics
+}
+
+/// What [`assemble`] opens: the parts for [`app`], and the store and ledger behind them.
+#[derive(Debug)]
+pub struct Assembled {
+    pub parts: Parts,
+    pub store: Arc<dyn Store>,
+    pub ledger: Arc<Ledger>,
+}
+
+/// Opens the database (running migrations), the ledger, the first admin and the signing key:
+/// everything but the listener.
+pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Assembled> {
+    let url = config.database_url()?;
+    tracing::info!(database = %redacted(&url), "opening the ledger");
+    let store = credex_store::connect(&url, clock)
+        .await
+        .with_context(|| format!("open the database {}", redacted(&url)))?;
+    let ledger = Arc::new(Ledger::with_defaults(store.clone()));
+    ledger
+        .ensure_asset(&AssetCode::credit())
+        .await
+        .context("create the credit asset and the provider's accounts")?;
+    let now = store.clock().now();
+    if let Some((email, password)) = bootstrap::ensure_admin(store.as_ref(), config, now).await? {
+        // Printed once, to standard output, never logged.
+        println!("credex: created the first admin {email} with password {password}");
+        println!("credex: sign in and change it; it is not shown again");
+    }
+    let secret = bootstrap::signing_secret(store.as_ref(), config, now).await?;
+    let keys = jwt::Keys::from_secret(session::ISSUER, session::AUDIENCE, secret)
+        .map_err(|error| anyhow::anyhow!("CREDEX_JWT_SECRET: {error}"))?;
+    let parts = Parts {
+        state: web::Data::new(AppState {
+            ledger: ledger.clone(),
+        }),
+        auth: web::Data::new(Authenticator {
+            store: store.clone(),
+            sessions: Sessions::new(keys, store.clock().clone()),
+        }),
+        metrics: web::Data::new(observed(&ledger)),
+        limits: web::Data::new(RateLimits::default()),
+    };
+    Ok(Assembled {
+        parts,
+        store,
+        ledger,
+    })
+}
+
+/// Everything the application's handlers reach, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub state: web::Data<AppState>,
+    pub auth: web::Data<Authenticator>,
+    pub metrics: web::Data<Metrics>,
+    pub limits: web::Data<RateLimits>,
+}
+
+/// The application: every route and middleware, for the server and for in-process tests.
+pub fn app(
+    parts: Parts,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    // The last `wrap` is the outermost: metrics see every answer, problem details shape every
+    // error, rate limits come before any work.
+    App::new()
+        .wrap(from_fn(ratelimit::per_address))
+        .wrap(from_fn(problem::problem_details))
+        .wrap(from_fn(metrics::http_metrics))
+        .app_data(parts.state)
+        .app_data(parts.auth)
+        .app_data(parts.metrics)
+        .app_data(parts.limits)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(1 << 20)
+                .error_handler(problem::json_error),
+        )
+        .configure(routes::health::configure)
+        .configure(routes::auth::configure)
+        .configure(openapi::configure)
+        .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
 
 /// What every request handler can reach.
@@ -61,47 +155,19 @@ impl Application {
     }
 
     pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let url = config.database_url()?;
-        tracing::info!(database = %redacted(&url), "opening the ledger");
-        let store = credex_store::connect(&url, clock)
-            .await
-            .with_context(|| format!("open the database {}", redacted(&url)))?;
-        let ledger = Arc::new(Ledger::with_defaults(store.clone()));
-        ledger
-            .ensure_asset(&AssetCode::credit())
-            .await
-            .context("create the credit asset and the provider's accounts")?;
+        let Assembled {
+            parts,
+            store,
+            ledger,
+        } = assemble(config, clock).await?;
 
         let listener = TcpListener::bind(&config.bind)
             .with_context(|| format!("listen on {}", config.bind))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState {
-            ledger: ledger.clone(),
-        });
-        let metrics = web::Data::new(observed(&ledger));
-        let limits = web::Data::new(RateLimits::default());
-        let server = HttpServer::new(move || {
-            // The last `wrap` is the outermost: metrics see every answer, problem details
-            // shape every error, rate limits come before any work.
-            App::new()
-                .wrap(from_fn(ratelimit::per_address))
-                .wrap(from_fn(problem::problem_details))
-                .wrap(from_fn(metrics::http_metrics))
-                .app_data(state.clone())
-                .app_data(metrics.clone())
-                .app_data(limits.clone())
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(1 << 20)
-                        .error_handler(problem::json_error),
-                )
-                .configure(routes::health::configure)
-                .configure(openapi::configure)
-                .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
-        })
-        .shutdown_timeout(30)
-        .listen(listener)?
-        .run();
+        let server = HttpServer::new(move || app(parts.clone()))
+            .shutdown_timeout(30)
+            .listen(listener)?
+            .run();
 
         let (stop_jobs, stopped) = watch::channel(false);
         let jobs = vec![jobs::spawn_expiry(store, Duration::from_secs(1), stopped)];

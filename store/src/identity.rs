@@ -877,6 +877,15 @@ pub trait IdentityStore: Send + Sync {
     /// How many platform admins there are.
     async fn count_admins(&self) -> Result<u64, IdentityError>;
 
+    /// The deployment's secret named `name`: `candidate` when this call is the first to ask,
+    /// the value stored by the first caller otherwise, so every process agrees.
+    async fn server_secret(
+        &self,
+        name: &str,
+        candidate: &str,
+        now: Timestamp,
+    ) -> Result<String, IdentityError>;
+
     // Memberships.
 
     /// Makes `user` a member of `org` with `role`, or changes the role of a member.
@@ -1644,6 +1653,29 @@ macro_rules! shared_identity {
                         Ok(done.rows_affected() == 1)
                     })
                     .await
+                }
+
+                async fn server_secret(
+                    &self,
+                    name: &str,
+                    candidate: &str,
+                    now: Timestamp,
+                ) -> Result<String, IdentityError> {
+                    sqlx::query(
+                        "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(name)
+                    .bind(candidate)
+                    .bind(now.as_micros())
+                    .execute(&self.pool)
+                    .await?;
+                    let value: String = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+                        .bind(name)
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("value")?;
+                    Ok(value)
                 }
 
                 async fn count_admins(&self) -> Result<u64, IdentityError> {

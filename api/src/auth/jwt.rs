@@ -27,6 +27,9 @@ pub struct Claims {
     pub exp: i64,
     /// The token's own id.
     pub jti: String,
+    /// The sign-in (refresh-token family) the token belongs to, which logout revokes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -89,12 +92,31 @@ impl Keys {
         })
     }
 
+    /// One key, named by the first 16 hex digits of its SHA-256, so every process that holds
+    /// it names it alike.
+    pub fn from_secret(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        secret: Secret,
+    ) -> Result<Self, &'static str> {
+        let digest = <Sha256 as sha2::Digest>::digest(secret.expose().as_bytes());
+        let kid: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Self::new(issuer, audience, (kid, secret), Vec::new())
+    }
+
     fn mac(secret: &Secret) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key")
     }
 
-    /// A token for `subject`, valid for `ttl_seconds` from `now` (seconds since the epoch).
-    pub fn issue(&self, subject: &str, now: i64, ttl_seconds: i64) -> String {
+    /// A token for `subject` in sign-in `session`, valid for `ttl_seconds` from `now` (seconds
+    /// since the epoch).
+    pub fn issue(
+        &self,
+        subject: &str,
+        session: Option<&str>,
+        now: i64,
+        ttl_seconds: i64,
+    ) -> String {
         let header = Header {
             alg: "HS256".to_owned(),
             typ: Some("JWT".to_owned()),
@@ -107,6 +129,7 @@ impl Keys {
             iat: now,
             exp: now + ttl_seconds,
             jti: uuid::Uuid::now_v7().to_string(),
+            sid: session.map(str::to_owned),
         };
         let encode = |value: &dyn erased::Json| URL_SAFE_NO_PAD.encode(value.json());
         let signing_input = format!("{}.{}", encode(&header), encode(&claims));
@@ -214,16 +237,17 @@ mod tests {
     #[test]
     fn a_token_verifies_until_it_expires() {
         let keys = keys();
-        let token = keys.issue("user-1", NOW, 900);
+        let token = keys.issue("user-1", Some("s"), NOW, 900);
         let claims = keys.verify(&token, NOW + 899).expect("valid");
         assert_eq!((claims.sub.as_str(), claims.exp), ("user-1", NOW + 900));
+        assert_eq!(claims.sid.as_deref(), Some("s"));
         assert_eq!(keys.verify(&token, NOW + 900), Err(JwtError::Expired));
     }
 
     #[test]
     fn everything_else_is_refused() {
         let keys = keys();
-        let token = keys.issue("user-1", NOW, 900);
+        let token = keys.issue("user-1", Some("s"), NOW, 900);
         let claims = format!(
             r#"{{"iss":"credex","aud":"credex-api","sub":"user-1","iat":{NOW},"exp":{},"jti":"j"}}"#,
             NOW + 900

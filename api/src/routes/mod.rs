@@ -1,3 +1,4 @@
 //! HTTP routes.
 
+pub mod auth;
 pub mod health;
