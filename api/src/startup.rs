@@ -122,6 +122,7 @@ pub fn app(
         )
         .configure(routes::health::configure)
         .configure(routes::auth::configure)
+        .configure(routes::orgs::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }

@@ -11,9 +11,11 @@ use credex_ledger::ManualClock;
 use credex_tests::TestDb;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "ops@provider.example";
-const PASSWORD: &str = "a long and careful password";
+mod common;
 
+use common::{bearer, login, ADMIN, PASSWORD};
+
+/// `common::call`, answering (status, headers, body).
 async fn call<S, B>(
     service: &S,
     request: test::TestRequest,
@@ -26,32 +28,8 @@ where
     >,
     B: actix_web::body::MessageBody + 'static,
 {
-    let peer: std::net::SocketAddr = "198.51.100.9:40000".parse().expect("an address");
-    let response = match test::try_call_service(service, request.peer_addr(peer).to_request()).await
-    {
-        Ok(response) => response.into_parts().1.map_into_boxed_body(),
-        Err(error) => error.error_response(),
-    };
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = actix_web::body::to_bytes(response.into_body())
-        .await
-        .unwrap_or_default();
-    (
-        status,
-        headers,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-    )
-}
-
-fn login(email: &str, password: &str) -> test::TestRequest {
-    test::TestRequest::post()
-        .uri("/v1/auth/login")
-        .set_json(json!({ "email": email, "password": password }))
-}
-
-fn bearer(request: test::TestRequest, token: &str) -> test::TestRequest {
-    request.insert_header(("Authorization", format!("Bearer {token}")))
+    let answer = common::call(service, request).await;
+    (answer.status, answer.headers, answer.body)
 }
 
 async fn sessions(db: &TestDb) {
