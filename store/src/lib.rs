@@ -14,6 +14,7 @@
 mod beancount;
 mod check;
 mod group_commit;
+pub mod idempotency;
 pub mod identity;
 mod ledger;
 mod postgres;
@@ -34,6 +35,7 @@ use serde::Serialize;
 pub use beancount::{export_beancount, ExportSummary};
 pub use check::{CheckReport, Discrepancy};
 pub use group_commit::GroupCommitConfig;
+pub use idempotency::{Begin, IdempotencyStore};
 pub use identity::{
     ApiKey, ApiKeyId, ApiKeyName, ApiKeyPrefix, AuditAction, AuditCursor, AuditEntry, AuditFilter,
     AuditId, Email, IdentityError, IdentityParseError, IdentityStore, IssuedRefreshToken,
@@ -203,7 +205,7 @@ pub type JournalTotals = BTreeMap<AccountId, Balance>;
 /// `commit` is the raw write path: callers normally go through [`Ledger`], which coalesces
 /// concurrent requests into few calls (group commit).
 #[async_trait]
-pub trait Store: IdentityStore + Send + Sync + fmt::Debug + 'static {
+pub trait Store: IdentityStore + IdempotencyStore + Send + Sync + fmt::Debug + 'static {
     fn backend(&self) -> Backend;
 
     /// The clock that stamps transfers and decides expiry.

@@ -58,6 +58,7 @@ impl PostgresStore {
 
 shared_store!(PostgresStore, sqlx::Postgres, dialect, Backend::Postgres);
 crate::identity::shared_identity!(PostgresStore, sqlx::Postgres, dialect);
+crate::idempotency::shared_idempotency!(PostgresStore);
 
 mod dialect {
     use super::*;

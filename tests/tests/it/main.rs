@@ -2,6 +2,7 @@
 
 mod bank;
 mod beancount;
+mod idempotency;
 mod identity;
 mod ledger_rules;
 mod migrations;
