@@ -43,3 +43,28 @@ pub fn spawn_expiry(
         }
     })
 }
+
+/// Removes idempotency keys older than their retention, every `period`, until `stop`.
+pub fn spawn_idempotency_purge(
+    store: Arc<dyn Store>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let retention = i64::from(crate::idempotency::RETENTION_HOURS) * 3_600 * 1_000_000;
+            let before = store.clock().now().plus_micros(-retention);
+            match store.idempotency_purge(before).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "purged idempotency keys"),
+                Err(error) => tracing::warn!(%error, "purging idempotency keys failed"),
+            }
+        }
+    })
+}

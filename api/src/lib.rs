@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod idempotency;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;

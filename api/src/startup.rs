@@ -123,6 +123,7 @@ pub fn app(
         .configure(routes::health::configure)
         .configure(routes::auth::configure)
         .configure(routes::orgs::configure)
+        .configure(routes::ledger::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
@@ -171,7 +172,10 @@ impl Application {
             .run();
 
         let (stop_jobs, stopped) = watch::channel(false);
-        let jobs = vec![jobs::spawn_expiry(store, Duration::from_secs(1), stopped)];
+        let jobs = vec![
+            jobs::spawn_expiry(store.clone(), Duration::from_secs(1), stopped.clone()),
+            jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),
+        ];
         tracing::info!(port, "credex is listening");
         Ok(Self {
             port,

@@ -253,6 +253,9 @@ pub trait Store: IdentityStore + IdempotencyStore + Send + Sync + fmt::Debug + '
         kind: AccountKind,
     ) -> Result<Option<AccountView>, StoreError>;
 
+    /// Every account of an owner with its current balance, in account-id order.
+    async fn accounts_of(&self, owner: Owner) -> Result<Vec<AccountView>, StoreError>;
+
     /// An account's totals as they stood at `at` (rule 10); `None` for an unknown account.
     async fn balance_as_of(
         &self,

@@ -1135,6 +1135,15 @@ macro_rules! shared_store {
                     Ok(self.accounts(&[id]).await?.pop())
                 }
 
+                async fn accounts_of(&self, owner: Owner) -> Result<Vec<AccountView>, StoreError> {
+                    let sql = ACCOUNT_VIEW_SQL.replace("{filter}", "a.owner_org IS NOT DISTINCT FROM $1");
+                    let rows = sqlx::query(&sql)
+                        .bind(owner.org().map(|org| org.as_uuid()))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter().map(account_view).collect()
+                }
+
                 async fn balance_as_of(
                     &self,
                     id: AccountId,

@@ -1,0 +1,757 @@
+//! The ledger over HTTP: an org's balances (now or as of an instant) and an account's history;
+//! for admins, CR top-ups and grants (the only way CR enters), raw transfer batches, a
+//! transfer by id, and the books check.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use credex_ledger::{
+    AccountId, AccountKind, Action, Amount, AssetCode, Metadata, Movement, OrgId, Owner, Timestamp,
+    Transfer, TransferCode, TransferError, TransferId, BATCH_MAX,
+};
+use credex_store::{AccountView, AuditAction, AuditEntry, HistoryCursor, JournalEntry, Ledger};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::access::{Admin, OrgAccess, Read};
+use crate::idempotency::{self, Answer, IdempotencyKey};
+use crate::problem::{ApiError, Problem, ProblemKind};
+use crate::startup::AppState;
+use crate::views::rfc3339;
+
+fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+    ApiError::internal(error).into()
+}
+
+fn invalid(field: &str, error: impl std::fmt::Display) -> actix_web::Error {
+    ApiError::new(ProblemKind::Unprocessable, format!("{field}: {error}")).into()
+}
+
+/// A JSON body from raw bytes (kept raw for the idempotency fingerprint).
+fn json_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, actix_web::Error> {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::bare(ProblemKind::UnsupportedMediaType).into());
+    }
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::new(ProblemKind::MalformedJson, error.to_string()).into())
+}
+
+fn instant(field: &str, text: &str) -> Result<Timestamp, actix_web::Error> {
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|error| invalid(field, error))?;
+    let micros =
+        i64::try_from(at.unix_timestamp_nanos() / 1_000).map_err(|error| invalid(field, error))?;
+    Ok(Timestamp::from_micros(micros))
+}
+
+/// An account's four totals and what they mean, in the asset's smallest unit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BalanceView {
+    pub debits_pending: u64,
+    pub debits_posted: u64,
+    pub credits_pending: u64,
+    pub credits_posted: u64,
+    /// Posted credits minus posted debits.
+    pub balance: i64,
+    /// What can still be spent: the balance minus pending debits.
+    pub available: i64,
+}
+
+impl From<credex_ledger::Balance> for BalanceView {
+    fn from(balance: credex_ledger::Balance) -> Self {
+        let narrow = |value: i128| {
+            i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
+        };
+        Self {
+            debits_pending: balance.debits_pending,
+            debits_posted: balance.debits_posted,
+            credits_pending: balance.credits_pending,
+            credits_posted: balance.credits_posted,
+            balance: narrow(balance.net_posted()),
+            available: narrow(balance.available()),
+        }
+    }
+}
+
+/// An account and its balance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountBalanceView {
+    #[schema(value_type = String, format = Uuid)]
+    pub account_id: String,
+    /// `CR` (µCR) or `TOK.<class>.<cycle>` (tokens).
+    pub asset: String,
+    /// `wallet`, `alloc`, `acquired` or `escrow`.
+    pub kind: String,
+    pub balance: BalanceView,
+}
+
+/// Balances as of an instant.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BalancesQuery {
+    /// An instant in the past (RFC 3339); default: now.
+    as_of: Option<String>,
+}
+
+/// The org's accounts with their balances, now or as they stood at `as_of`.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/balances",
+    tag = "ledger",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org"), BalancesQuery),
+    responses(
+        (status = 200, description = "Every account of the org", body = Vec<AccountBalanceView>),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`as_of` is not an RFC 3339 instant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn balances(
+    access: OrgAccess<Read>,
+    query: web::Query<BalancesQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let as_of = query
+        .as_of
+        .as_deref()
+        .map(|text| instant("as_of", text))
+        .transpose()?;
+    let store = state.ledger.store();
+    let accounts = store
+        .accounts_of(Owner::Org(access.org))
+        .await
+        .map_err(|error| internal(&error))?;
+    let mut views = Vec::with_capacity(accounts.len());
+    for AccountView { account, balance } in accounts {
+        let balance = match as_of {
+            None => balance,
+            Some(at) => store
+                .balance_as_of(account.id(), at)
+                .await
+                .map_err(|error| internal(&error))?
+                .unwrap_or_default(),
+        };
+        views.push(AccountBalanceView {
+            account_id: account.id().to_string(),
+            asset: account.asset().to_string(),
+            kind: account.kind().name().to_owned(),
+            balance: balance.into(),
+        });
+    }
+    Ok(HttpResponse::Ok().json(views))
+}
+
+/// A journal entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferView {
+    /// The entry's position in the journal.
+    pub seq: i64,
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    /// `single`, `pending`, `post` or `void`.
+    pub kind: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub debit_account_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub credit_account_id: String,
+    pub asset: String,
+    pub amount: u64,
+    /// Why value moved: `allotment`, `grant`, `top_up`, `spend`, `trade`, …
+    pub code: String,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub pending_id: Option<String>,
+    pub timeout_seconds: Option<u32>,
+    pub metadata: String,
+    pub linked: bool,
+    pub timestamp: String,
+}
+
+impl From<&JournalEntry> for TransferView {
+    fn from(entry: &JournalEntry) -> Self {
+        let record = &entry.record;
+        Self {
+            seq: entry.seq,
+            id: record.id.to_string(),
+            kind: record.kind.name().to_owned(),
+            debit_account_id: record.debit_account_id.to_string(),
+            credit_account_id: record.credit_account_id.to_string(),
+            asset: record.asset.to_string(),
+            amount: record.amount.get(),
+            code: record.code.name().to_owned(),
+            pending_id: record.pending_id.map(|id| id.to_string()),
+            timeout_seconds: record.timeout_seconds,
+            metadata: record.metadata.as_str().to_owned(),
+            linked: record.linked,
+            timestamp: rfc3339(record.timestamp),
+        }
+    }
+}
+
+/// A page of an account's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub entries: Vec<TransferView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// Where a page starts and how long it is.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// `next` of the previous page.
+    cursor: Option<String>,
+    /// At most this many entries (1 to 1,000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// An account's journal entries in time order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/accounts/{account_id}/history",
+    tag = "ledger",
+    security(("bearer" = [])),
+    params(
+        ("org_id" = String, Path, format = Uuid, description = "The org"),
+        ("account_id" = String, Path, format = Uuid, description = "One of the org's accounts"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of entries", body = HistoryPage),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such account in the org", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn history(
+    access: OrgAccess<Read>,
+    path: web::Path<(String, String)>,
+    query: web::Query<PageQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let not_found =
+        || -> actix_web::Error { ApiError::new(ProblemKind::NotFound, "no such account").into() };
+    let account = AccountId::parse(&path.1).map_err(|_| not_found())?;
+    let store = state.ledger.store();
+    let owned = store
+        .accounts(&[account])
+        .await
+        .map_err(|error| internal(&error))?
+        .into_iter()
+        .any(|view| view.account.owner() == Owner::Org(access.org));
+    if !owned {
+        return Err(not_found());
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(invalid("limit", "between 1 and 1000"));
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|text| {
+            let (at, seq) = text
+                .split_once('_')
+                .ok_or_else(|| invalid("cursor", "not a cursor"))?;
+            let at = at.parse().map_err(|_| invalid("cursor", "not a cursor"))?;
+            let seq = seq.parse().map_err(|_| invalid("cursor", "not a cursor"))?;
+            Ok::<_, actix_web::Error>(HistoryCursor {
+                timestamp: Timestamp::from_micros(at),
+                seq,
+            })
+        })
+        .transpose()?;
+    let entries = store
+        .history(account, after, limit)
+        .await
+        .map_err(|error| internal(&error))?;
+    let next = (entries.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| {
+            entries.last().map(|entry| {
+                let cursor = entry.cursor();
+                format!("{}_{}", cursor.timestamp.as_micros(), cursor.seq)
+            })
+        })
+        .flatten();
+    let entries = entries.iter().map(TransferView::from).collect();
+    Ok(HttpResponse::Ok().json(HistoryPage { entries, next }))
+}
+
+/// CR paid for outside Credex (`top_up`) or given (`grant`), into an org's wallet.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "top_up", "amount_micro_cr": 25000000, "reason": "invoice 2026-118"}))]
+pub struct CreditRequest {
+    /// `top_up` or `grant`.
+    kind: String,
+    /// In µCR (1 CR = 1,000,000 µCR); positive.
+    #[schema(minimum = 1)]
+    amount_micro_cr: u64,
+    /// Why: an invoice, a promotion (1 to 200 characters).
+    #[schema(min_length = 1, max_length = 200)]
+    reason: String,
+}
+
+/// Credits an org's wallet with CR (admins only; the only way CR enters Credex). Needs an
+/// `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/orgs/{org_id}/credits",
+    tag = "ledger",
+    security(("bearer" = [])),
+    params(
+        ("org_id" = String, Path, format = Uuid, description = "The org"),
+        ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; a retry with the same key answers the first answer"),
+    ),
+    request_body = CreditRequest,
+    responses(
+        (status = 201, description = "Credited; `Location` names the transfer", body = TransferView),
+        (status = 400, description = "No Idempotency-Key, or a malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The first request with this key is still running", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is not valid, the key was used for another request, or the ledger refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn credit(
+    admin: Admin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    key: IdempotencyKey,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let not_found =
+        || -> actix_web::Error { ApiError::new(ProblemKind::NotFound, "no such org").into() };
+    let org = OrgId::parse(&path).map_err(|_| not_found())?;
+    let request: CreditRequest = json_body(&req, &body)?;
+    let code = match request.kind.as_str() {
+        "top_up" => TransferCode::TopUp,
+        "grant" => TransferCode::Grant,
+        other => {
+            return Err(invalid(
+                "kind",
+                format!("`top_up` or `grant`, not `{other}`"),
+            ))
+        }
+    };
+    let amount =
+        Amount::new(request.amount_micro_cr).map_err(|error| invalid("amount_micro_cr", error))?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 200 {
+        return Err(invalid("reason", "1 to 200 characters"));
+    }
+    let metadata = Metadata::new(serde_json::json!({ "reason": reason }).to_string())
+        .map_err(|error| invalid("reason", error))?;
+    let ledger = state.ledger.clone();
+    let store = ledger.store().clone();
+    if store
+        .org(org)
+        .await
+        .map_err(|error| internal(&error))?
+        .is_none()
+    {
+        return Err(not_found());
+    }
+    let scope = org.to_string();
+    let fingerprint = idempotency::fingerprint(&req, &body);
+    let id = key.transfer_id(&scope, 0);
+    idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
+        let transfer = credit_transfer(&ledger, org, id, amount, code, metadata).await?;
+        let results = ledger
+            .create_transfers(vec![transfer])
+            .await
+            .map_err(|error| internal(&error))?;
+        match results.first() {
+            Some(Ok(()) | Err(TransferError::Exists)) => {}
+            Some(Err(error)) => return Err(invalid("ledger", error.name())),
+            None => return Err(internal(&"no result")),
+        }
+        let entry = ledger
+            .store()
+            .transfers(&[id])
+            .await
+            .map_err(|error| internal(&error))?
+            .pop()
+            .ok_or_else(|| internal(&"the credit is not in the journal"))?;
+        let action = AuditAction::parse(code.name()).map_err(|error| internal(&error))?;
+        let details = serde_json::json!({ "amount_micro_cr": amount.get(), "reason": reason });
+        let audit = AuditEntry::new(
+            ledger.store().clock().now(),
+            action,
+            id.to_string(),
+            details,
+        )
+        .map_err(|error| internal(&error))?
+        .by(admin.0.id)
+        .in_org(org);
+        ledger
+            .store()
+            .append_audit(&audit)
+            .await
+            .map_err(|error| internal(&error))?;
+        Ok(Answer {
+            status: StatusCode::CREATED,
+            location: Some(format!("/v1/admin/transfers/{id}")),
+            body: serde_json::to_value(TransferView::from(&entry))
+                .map_err(|error| internal(&error))?,
+        })
+    })
+    .await
+}
+
+async fn credit_transfer(
+    ledger: &Ledger,
+    org: OrgId,
+    id: TransferId,
+    amount: Amount,
+    code: TransferCode,
+    metadata: Metadata,
+) -> Result<Transfer, actix_web::Error> {
+    let credit = AssetCode::credit();
+    let wallet = ledger
+        .ensure_account(&credit, Owner::Org(org), AccountKind::Wallet)
+        .await
+        .map_err(|error| internal(&error))?;
+    let issuance = ledger
+        .ensure_account(&credit, Owner::Provider, AccountKind::Issuance)
+        .await
+        .map_err(|error| internal(&error))?;
+    let movement = Movement::new(
+        issuance.account.id(),
+        wallet.account.id(),
+        credit,
+        amount,
+        code,
+    )
+    .map_err(|error| internal(&error))?;
+    Transfer::new(id, Action::Move(movement), metadata, false).map_err(|error| internal(&error))
+}
+
+/// A journal entry by id (admins only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/transfers/{transfer_id}",
+    tag = "ledger",
+    security(("bearer" = [])),
+    params(("transfer_id" = String, Path, format = Uuid, description = "The transfer")),
+    responses(
+        (status = 200, description = "The entry", body = TransferView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such transfer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn transfer(
+    _admin: Admin,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let not_found =
+        || -> actix_web::Error { ApiError::new(ProblemKind::NotFound, "no such transfer").into() };
+    let id = TransferId::parse(&path).map_err(|_| not_found())?;
+    let entry = state
+        .ledger
+        .store()
+        .transfers(&[id])
+        .await
+        .map_err(|error| internal(&error))?
+        .pop()
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(TransferView::from(&entry)))
+}
+
+/// One transfer of a raw batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "id": "0192d1a4-8c3e-7b61-9a0f-2f4b5c6d7e8f", "kind": "single",
+    "debit_account_id": "0192d1a4-0000-7000-8000-000000000001",
+    "credit_account_id": "0192d1a4-0000-7000-8000-000000000002",
+    "asset": "CR", "amount": 1000000, "code": "grant"
+}))]
+pub struct TransferRequest {
+    /// Chosen by the client; a replay answers `exists`.
+    #[schema(format = Uuid)]
+    id: String,
+    /// `single`, `pending`, `post` or `void`.
+    kind: String,
+    #[schema(format = Uuid)]
+    debit_account_id: Option<String>,
+    #[schema(format = Uuid)]
+    credit_account_id: Option<String>,
+    asset: Option<String>,
+    /// Positive; for `post`, optional (default: the whole pending amount).
+    amount: Option<u64>,
+    /// `allotment`, `grant`, `top_up`, `spend`, `list`, `unlist`, `trade`, `fee`, `buyback`,
+    /// `emergency_sale`, `expiry` or `reversal`.
+    code: Option<String>,
+    /// For `post` and `void`.
+    #[schema(format = Uuid)]
+    pending_id: Option<String>,
+    /// For `pending`: seconds until it expires.
+    timeout_seconds: Option<u32>,
+    #[schema(max_length = 512)]
+    metadata: Option<String>,
+    /// Chains this transfer with the next: they commit or fail as one.
+    #[serde(default)]
+    linked: bool,
+}
+
+impl TransferRequest {
+    fn parse(self, index: usize) -> Result<Transfer, actix_web::Error> {
+        let field = |name: &str| format!("transfers[{index}].{name}");
+        let needed = |value: Option<String>, name: &str| {
+            value.ok_or_else(|| invalid(&field(name), "required"))
+        };
+        let id = TransferId::parse(&self.id).map_err(|error| invalid(&field("id"), error))?;
+        let metadata = Metadata::new(self.metadata.clone().unwrap_or_default())
+            .map_err(|error| invalid(&field("metadata"), error))?;
+        let movement = |this: &Self| -> Result<Movement, actix_web::Error> {
+            let debit =
+                AccountId::parse(&needed(this.debit_account_id.clone(), "debit_account_id")?)
+                    .map_err(|error| invalid(&field("debit_account_id"), error))?;
+            let credit = AccountId::parse(&needed(
+                this.credit_account_id.clone(),
+                "credit_account_id",
+            )?)
+            .map_err(|error| invalid(&field("credit_account_id"), error))?;
+            let asset = AssetCode::parse(&needed(this.asset.clone(), "asset")?)
+                .map_err(|error| invalid(&field("asset"), error))?;
+            let amount = Amount::new(
+                this.amount
+                    .ok_or_else(|| invalid(&field("amount"), "required"))?,
+            )
+            .map_err(|error| invalid(&field("amount"), error))?;
+            let code = needed(this.code.clone(), "code")?;
+            let code = TransferCode::parse(&code)
+                .ok_or_else(|| invalid(&field("code"), format!("unknown code `{code}`")))?;
+            Movement::new(debit, credit, asset, amount, code)
+                .map_err(|error| invalid(&field("credit_account_id"), error))
+        };
+        let pending_id = || -> Result<TransferId, actix_web::Error> {
+            TransferId::parse(&needed(self.pending_id.clone(), "pending_id")?)
+                .map_err(|error| invalid(&field("pending_id"), error))
+        };
+        let action = match self.kind.as_str() {
+            "single" => Action::Move(movement(&self)?),
+            "pending" => Action::Reserve {
+                movement: movement(&self)?,
+                timeout_seconds: self.timeout_seconds,
+            },
+            "post" => Action::Post {
+                pending_id: pending_id()?,
+                amount: self
+                    .amount
+                    .map(Amount::new)
+                    .transpose()
+                    .map_err(|error| invalid(&field("amount"), error))?,
+            },
+            "void" => Action::Void {
+                pending_id: pending_id()?,
+            },
+            other => {
+                return Err(invalid(
+                    &field("kind"),
+                    format!("`single`, `pending`, `post` or `void`, not `{other}`"),
+                ))
+            }
+        };
+        Transfer::new(id, action, metadata, self.linked)
+            .map_err(|error| invalid(&field("kind"), error))
+    }
+}
+
+/// A raw batch of transfers.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBatch {
+    /// 1 to 8,190 transfers.
+    transfers: Vec<TransferRequest>,
+}
+
+/// One transfer's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferOutcome {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    /// `ok`, or the ledger's result code (`exists`, `exceeds_credits`, `linked_event_failed`, …).
+    pub result: String,
+}
+
+/// Submits a raw batch of transfers to the ledger (admins only); one outcome per transfer.
+/// Needs an `Idempotency-Key`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/transfers",
+    tag = "ledger",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; a retry with the same key answers the first answer")),
+    request_body = TransferBatch,
+    responses(
+        (status = 200, description = "One outcome per transfer, in order", body = Vec<TransferOutcome>),
+        (status = 400, description = "No Idempotency-Key, or a malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The first request with this key is still running", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A transfer is not valid, or the key was used for another request", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn transfers(
+    admin: Admin,
+    req: HttpRequest,
+    key: IdempotencyKey,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let batch: TransferBatch = json_body(&req, &body)?;
+    if batch.transfers.is_empty() || batch.transfers.len() > BATCH_MAX {
+        return Err(invalid("transfers", format!("1 to {BATCH_MAX} transfers")));
+    }
+    let transfers = batch
+        .transfers
+        .into_iter()
+        .enumerate()
+        .map(|(index, transfer)| transfer.parse(index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ledger = state.ledger.clone();
+    let store = ledger.store().clone();
+    let fingerprint = idempotency::fingerprint(&req, &body);
+    idempotency::once(
+        store.as_ref(),
+        "platform",
+        &key,
+        fingerprint,
+        || async move {
+            let ids: Vec<TransferId> = transfers.iter().map(Transfer::id).collect();
+            let results = ledger
+                .create_transfers(transfers)
+                .await
+                .map_err(|error| internal(&error))?;
+            let outcomes: Vec<TransferOutcome> = ids
+                .iter()
+                .zip(&results)
+                .map(|(id, result)| TransferOutcome {
+                    id: id.to_string(),
+                    result: result.err().map_or("ok", TransferError::name).to_owned(),
+                })
+                .collect();
+            let ok = results.iter().filter(|result| result.is_ok()).count();
+            let action =
+                AuditAction::parse("transfers.create").map_err(|error| internal(&error))?;
+            let details = serde_json::json!({ "submitted": results.len(), "committed": ok });
+            let audit = AuditEntry::new(
+                ledger.store().clock().now(),
+                action,
+                format!("{} transfers", results.len()),
+                details,
+            )
+            .map_err(|error| internal(&error))?
+            .by(admin.0.id);
+            ledger
+                .store()
+                .append_audit(&audit)
+                .await
+                .map_err(|error| internal(&error))?;
+            Ok(Answer {
+                status: StatusCode::OK,
+                location: None,
+                body: serde_json::to_value(outcomes).map_err(|error| internal(&error))?,
+            })
+        },
+    )
+    .await
+}
+
+/// The books check's findings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BooksCheck {
+    /// Whether everything balances.
+    pub ok: bool,
+    pub accounts: usize,
+    pub journal_entries: i64,
+    /// Accounts whose stored balance differs from their journal.
+    pub discrepancies: usize,
+    /// Assets whose balances do not sum to zero.
+    pub unbalanced_assets: Vec<String>,
+    /// Accounts that may not go negative but are.
+    pub negative_accounts: usize,
+    pub broken_pending_links: i64,
+    pub orphan_entries: i64,
+}
+
+/// Recomputes every balance from the journal and compares (admins only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/books/check",
+    tag = "ledger",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The findings; `ok` says whether the books balance", body = BooksCheck),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn books_check(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let report = state
+        .ledger
+        .store()
+        .check()
+        .await
+        .map_err(|error| internal(&error))?;
+    Ok(HttpResponse::Ok().json(BooksCheck {
+        ok: report.is_ok(),
+        accounts: report.accounts,
+        journal_entries: report.journal_entries,
+        discrepancies: report.discrepancies.len(),
+        unbalanced_assets: report
+            .unbalanced_assets
+            .iter()
+            .map(|(asset, ..)| asset.to_string())
+            .collect(),
+        negative_accounts: report.negative_accounts.len(),
+        broken_pending_links: report.broken_pending_links,
+        orphan_entries: report.orphan_entries,
+    }))
+}
+
+/// The largest raw batch body accepted: 8,190 transfers of JSON.
+const BATCH_BODY_MAX: usize = 8 << 20;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/v1/orgs/{org_id}/balances").route(web::get().to(balances)))
+        .service(
+            web::resource("/v1/orgs/{org_id}/accounts/{account_id}/history")
+                .route(web::get().to(history)),
+        )
+        .service(
+            web::resource("/v1/admin/orgs/{org_id}/credits")
+                .app_data(web::PayloadConfig::new(64 << 10))
+                .route(web::post().to(credit)),
+        )
+        .service(
+            web::resource("/v1/admin/transfers")
+                .app_data(web::PayloadConfig::new(BATCH_BODY_MAX))
+                .route(web::post().to(transfers)),
+        )
+        .service(web::resource("/v1/admin/transfers/{transfer_id}").route(web::get().to(transfer)))
+        .service(web::resource("/v1/admin/books/check").route(web::get().to(books_check)));
+}
