@@ -125,6 +125,8 @@ pub struct RateLimits {
     pub login_per_address: RateLimiter,
     /// Sign-in attempts by e-mail address, wherever they come from.
     pub login_per_email: RateLimiter,
+    /// Authenticated requests by caller: each API key, each user.
+    pub per_caller: RateLimiter,
 }
 
 impl Default for RateLimits {
@@ -133,7 +135,23 @@ impl Default for RateLimits {
             per_address: RateLimiter::new(Limit::new(2_000, 120_000), 100_000),
             login_per_address: RateLimiter::new(Limit::new(20, 20), 100_000),
             login_per_email: RateLimiter::new(Limit::new(10, 10), 100_000),
+            per_caller: RateLimiter::new(Limit::new(1_000, 60_000), 100_000),
         }
+    }
+}
+
+/// 429 with `Retry-After`, as an error an extractor can return.
+#[derive(Debug, thiserror::Error)]
+#[error("too many requests")]
+pub struct TooMany(pub Duration);
+
+impl actix_web::ResponseError for TooMany {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        too_many(self.0)
     }
 }
 

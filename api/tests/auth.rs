@@ -183,4 +183,31 @@ async fn first_admin_is_made_up_once(db: &TestDb) {
     );
 }
 
-credex_tests::on_both_backends!(sessions, first_admin_is_made_up_once);
+/// Each caller (user or API key) has its own bucket: past it, 429 with Retry-After.
+async fn callers_are_limited(db: &TestDb) {
+    use credex_api::ratelimit::{Limit, RateLimiter, RateLimits};
+    let fixture = common::Fixture::new(db).await;
+    let mut parts = fixture.assembled.parts.clone();
+    parts.limits = actix_web::web::Data::new(RateLimits {
+        per_caller: RateLimiter::new(Limit::new(3, 1), 10),
+        ..RateLimits::default()
+    });
+    let service = test::init_service(app(parts)).await;
+    let token = common::sign_in(&service, ADMIN, PASSWORD).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, headers, _) = call(
+            &service,
+            bearer(test::TestRequest::get().uri("/v1/me"), &token),
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(headers.get("retry-after").is_some());
+        }
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    fixture.close().await;
+}
+
+credex_tests::on_both_backends!(sessions, first_admin_is_made_up_once, callers_are_limited);

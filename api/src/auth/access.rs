@@ -23,6 +23,7 @@ use futures::future::LocalBoxFuture;
 use super::session::Sessions;
 use super::tokens;
 use crate::problem::{ApiError, Problem, ProblemKind, PROBLEM_JSON};
+use crate::ratelimit::{RateLimits, TooMany};
 
 /// What the access extractors need from the application.
 #[derive(Debug, Clone)]
@@ -144,10 +145,19 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer(req);
         let auth = authenticator(req);
+        let limits = req.app_data::<web::Data<RateLimits>>().cloned();
         Box::pin(async move {
             let auth = auth?;
             let token = token.ok_or(Unauthenticated("send `Authorization: Bearer <token>`"))?;
-            authenticate(&auth, &token).await
+            let caller = authenticate(&auth, &token).await?;
+            if let Some(limits) = limits {
+                let key = match &caller {
+                    Caller::User { user, .. } => format!("user:{}", user.id),
+                    Caller::Key(key) => format!("key:{}", key.id),
+                };
+                limits.per_caller.check(&key).map_err(TooMany)?;
+            }
+            Ok(caller)
         })
     }
 }
