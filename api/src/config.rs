@@ -16,7 +16,7 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
     /// A TOML file with any of: bind, data_dir, database_url, admin_email, admin_password,
-    /// jwt_secret.
+    /// jwt_secret, jwt_previous_secrets.
     #[arg(long = "config", env = "CREDEX_CONFIG")]
     pub config_file: Option<PathBuf>,
 
@@ -46,6 +46,16 @@ pub struct ConfigArgs {
     /// deployment shares one made up on the first start and kept in the database.
     #[arg(long, env = "CREDEX_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Keys that signed access tokens before CREDEX_JWT_SECRET, comma-separated: tokens they
+    /// signed stay valid until they expire, so the key can rotate without signing anyone out.
+    #[arg(
+        long,
+        env = "CREDEX_JWT_PREVIOUS_SECRETS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub jwt_previous_secrets: Vec<String>,
 }
 
 /// The keys a configuration file may hold; any other key is an error, not a silent no-op.
@@ -58,6 +68,8 @@ struct FileConfig {
     admin_email: Option<String>,
     admin_password: Option<String>,
     jwt_secret: Option<String>,
+    #[serde(default)]
+    jwt_previous_secrets: Vec<String>,
 }
 
 /// A value that must not reach logs.
@@ -89,6 +101,7 @@ pub struct Config {
     pub admin_email: Option<String>,
     pub admin_password: Option<Secret>,
     pub jwt_secret: Option<Secret>,
+    pub jwt_previous_secrets: Vec<Secret>,
 }
 
 impl Config {
@@ -111,6 +124,14 @@ impl Config {
             admin_email: args.admin_email.or(file.admin_email),
             admin_password: args.admin_password.or(file.admin_password).map(Secret),
             jwt_secret: args.jwt_secret.or(file.jwt_secret).map(Secret),
+            jwt_previous_secrets: if args.jwt_previous_secrets.is_empty() {
+                file.jwt_previous_secrets
+            } else {
+                args.jwt_previous_secrets
+            }
+            .into_iter()
+            .map(Secret)
+            .collect(),
         })
     }
 
@@ -123,6 +144,7 @@ impl Config {
             admin_email: None,
             admin_password: None,
             jwt_secret: None,
+            jwt_previous_secrets: Vec::new(),
         }
     }
 

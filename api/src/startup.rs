@@ -64,7 +64,8 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         println!("credex: sign in and change it; it is not shown again");
     }
     let secret = bootstrap::signing_secret(store.as_ref(), config, now).await?;
-    let keys = jwt::Keys::from_secret(session::ISSUER, session::AUDIENCE, secret)
+    let retired = config.jwt_previous_secrets.clone();
+    let keys = jwt::Keys::from_secrets(session::ISSUER, session::AUDIENCE, secret, retired)
         .map_err(|error| anyhow::anyhow!("CREDEX_JWT_SECRET: {error}"))?;
     let parts = Parts {
         state: web::Data::new(AppState {

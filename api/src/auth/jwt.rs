@@ -99,9 +99,27 @@ impl Keys {
         audience: impl Into<String>,
         secret: Secret,
     ) -> Result<Self, &'static str> {
-        let digest = <Sha256 as sha2::Digest>::digest(secret.expose().as_bytes());
-        let kid: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        Self::new(issuer, audience, (kid, secret), Vec::new())
+        Self::from_secrets(issuer, audience, secret, Vec::new())
+    }
+
+    /// The current key and retired ones, each named by its hash.
+    pub fn from_secrets(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        current: Secret,
+        retired: Vec<Secret>,
+    ) -> Result<Self, &'static str> {
+        let named = |secret: Secret| {
+            let digest = <Sha256 as sha2::Digest>::digest(secret.expose().as_bytes());
+            let kid: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            (kid, secret)
+        };
+        Self::new(
+            issuer,
+            audience,
+            named(current),
+            retired.into_iter().map(named).collect(),
+        )
     }
 
     fn mac(secret: &Secret) -> Hmac<Sha256> {
@@ -326,6 +344,19 @@ mod tests {
             ),
             JwtError::Audience,
         );
+    }
+
+    #[test]
+    fn a_rotated_key_still_verifies_what_it_signed() {
+        let old = Secret::new("the old key, at least thirty-two bytes");
+        let new = Secret::new("the new key, at least thirty-two bytes");
+        let before = Keys::from_secret("credex", "credex-api", old.clone()).expect("keys");
+        let token = before.issue("user-1", None, NOW, 900);
+        let after =
+            Keys::from_secrets("credex", "credex-api", new.clone(), vec![old]).expect("keys");
+        assert!(after.verify(&token, NOW).is_ok());
+        let forgotten = Keys::from_secret("credex", "credex-api", new).expect("keys");
+        assert_eq!(forgotten.verify(&token, NOW), Err(JwtError::UnknownKey));
     }
 
     #[test]
