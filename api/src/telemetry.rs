@@ -20,6 +20,8 @@ pub fn init() {
             .with_span_list(false)
             .try_init()
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
 }
