@@ -23,7 +23,17 @@ impl Drop for Server {
 
 /// Starts `credex serve` on a free port and waits until it says where it listens.
 fn start(data_dir: &std::path::Path, database_url: Option<&str>) -> Server {
+    start_with(data_dir, database_url, &[])
+}
+
+/// As [`start`], with more environment variables.
+fn start_with(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    envs: &[(&str, &str)],
+) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_credex"));
+    command.envs(envs.iter().copied());
     command
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -61,21 +71,43 @@ fn get(port: u16, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 request; the status, the head (lower-cased) and the body.
 fn request(port: u16, method: &str, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
+    send(port, method, path, &[], "").expect("an answer")
+}
+
+/// One HTTP/1.1 request with headers and a JSON body; `None` when the connection fails (a
+/// server stopping refuses new connections).
+fn send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body.as_bytes()).ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    stream.read_to_string(&mut response).ok()?;
+    if response.is_empty() {
+        return None;
+    }
     let status = response
         .split_whitespace()
         .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
+        .and_then(|code| code.parse().ok())?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    Some((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -241,4 +273,115 @@ fn serves_on_postgres() {
     check_health(&server, "postgres");
     stop(server);
     assert!(psql(&format!("DROP DATABASE {name} WITH (FORCE)")));
+}
+
+const ADMIN: &str = "ops@provider.example";
+const PASSWORD: &str = "a long and careful password";
+
+fn sign_in(port: u16) -> String {
+    let body = format!(r#"{{"email": "{ADMIN}", "password": "{PASSWORD}"}}"#);
+    let (status, _, answer) = send(port, "POST", "/v1/auth/login", &[], &body).expect("an answer");
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    answer["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// SIGTERM while credits pour in: the process exits cleanly, and after a restart every credit
+/// that was answered 201 is in the journal and the books balance.
+#[test]
+fn nothing_acknowledged_is_lost_when_stopped_mid_stream() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let envs = [
+        ("CREDEX_ADMIN_EMAIL", ADMIN),
+        ("CREDEX_ADMIN_PASSWORD", PASSWORD),
+    ];
+    let server = start_with(dir.path(), None, &envs);
+    let port = server.port;
+    let token = sign_in(port);
+    let auth = format!("Bearer {token}");
+    let (status, _, org) = send(
+        port,
+        "POST",
+        "/v1/admin/orgs",
+        &[("Authorization", &auth)],
+        r#"{"name": "Acme", "plan": "teams"}"#,
+    )
+    .expect("an answer");
+    assert_eq!(status, 201, "{org}");
+    let org: serde_json::Value = serde_json::from_str(&org).expect("JSON");
+    let credits = format!(
+        "/v1/admin/orgs/{}/credits",
+        org["id"].as_str().expect("an id")
+    );
+
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let (acknowledged, credits, auth) = (acknowledged.clone(), credits.clone(), auth.clone());
+        workers.push(std::thread::spawn(move || {
+            for n in 0..200 {
+                let key = format!("w{worker}-{n}");
+                let body = r#"{"kind": "grant", "amount_micro_cr": 1000, "reason": "load"}"#;
+                let headers = [
+                    ("Authorization", auth.as_str()),
+                    ("Idempotency-Key", key.as_str()),
+                ];
+                match send(port, "POST", &credits, &headers, body) {
+                    Some((201, _, answer)) => {
+                        let answer: serde_json::Value =
+                            serde_json::from_str(&answer).expect("JSON");
+                        let id = answer["id"].as_str().expect("an id").to_owned();
+                        acknowledged.lock().expect("a lock").push(id);
+                    }
+                    Some((status, _, answer)) if status == 503 || status >= 500 => {
+                        panic!("an error while stopping must not be a 5xx: {status} {answer}")
+                    }
+                    // Refused connections or answers cut short: nothing acknowledged.
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Let some credits through, then stop mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().expect("a lock").len() < 50 {
+        assert!(Instant::now() < deadline, "credits do not go through");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop(server);
+    for worker in workers {
+        worker.join().expect("a worker");
+    }
+    let acknowledged = acknowledged.lock().expect("a lock").clone();
+    assert!(acknowledged.len() >= 50);
+
+    let server = start_with(dir.path(), None, &envs);
+    let token = sign_in(server.port);
+    let auth = format!("Bearer {token}");
+    for id in &acknowledged {
+        let (status, _, answer) = send(
+            server.port,
+            "GET",
+            &format!("/v1/admin/transfers/{id}"),
+            &[("Authorization", &auth)],
+            "",
+        )
+        .expect("an answer");
+        assert_eq!(status, 200, "acknowledged credit {id} is missing: {answer}");
+    }
+    let (status, _, check) = send(
+        server.port,
+        "GET",
+        "/v1/admin/books/check",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .expect("an answer");
+    assert_eq!(status, 200);
+    assert!(check.contains("\"ok\":true"), "{check}");
+    eprintln!(
+        "{} credits acknowledged before SIGTERM, all in the journal after restart",
+        acknowledged.len()
+    );
+    stop(server);
 }
