@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod idempotency;
+pub mod input;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;

@@ -30,12 +30,14 @@ use crate::routes;
         routes::orgs::create_org,
         routes::orgs::change_org,
         routes::orgs::create_user,
+        routes::orgs::get_user,
         routes::orgs::audit_log,
         routes::orgs::get_org,
         routes::orgs::members,
         routes::orgs::add_member,
         routes::orgs::create_api_key,
         routes::orgs::api_keys,
+        routes::orgs::get_api_key,
         routes::orgs::revoke_api_key,
         routes::ledger::balances,
         routes::ledger::history,
@@ -45,7 +47,7 @@ use crate::routes;
         routes::ledger::books_check,
     ),
     components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &FrameworkResponses, &ClosedVariants),
     tags(
         (name = "auth", description = "Signing in and out; who is calling"),
         (name = "orgs", description = "Orgs, members, users, API keys and the audit log"),
@@ -76,6 +78,137 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The answers every operation may get from the framework around its handler, documented on
+/// each operation (where the operation does not document them itself):
+/// - 429 with `Retry-After`: every request is rate-limited per client address;
+/// - for an operation with a JSON body: 400 (not JSON, or not this operation's JSON), 413 (too
+///   large), 415 (not `application/json`);
+/// - for an operation with query parameters: 400 (a query string that does not parse);
+/// - `WWW-Authenticate` on every 401, `Retry-After` on every 429, and `X-Request-Id` on every
+///   answer.
+struct FrameworkResponses;
+
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            crate::problem::PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+fn header(
+    kind: utoipa::openapi::schema::Type,
+    description: &str,
+) -> utoipa::openapi::header::Header {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::ObjectBuilder;
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(kind))
+        .description(Some(description))
+        .build()
+}
+
+impl utoipa::Modify for FrameworkResponses {
+    fn modify(&self, document: &mut Document) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::Type;
+        use utoipa::openapi::RefOr;
+        for item in document.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let has_query = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|parameter| parameter.parameter_in == ParameterIn::Query);
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| RefOr::T(problem_response(description)));
+                };
+                if has_body {
+                    add("400", "The body is not JSON, or not this operation's JSON");
+                    add("413", "The body is too large");
+                    add(
+                        "415",
+                        "The body is not JSON (`Content-Type: application/json`)",
+                    );
+                }
+                if has_query {
+                    add("400", "The query string does not parse");
+                }
+                add("429", "Too many requests; see Retry-After");
+                for (status, response) in responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    response.headers.insert(
+                        "X-Request-Id".to_owned(),
+                        header(
+                            Type::String,
+                            "The request's id, also in problem details and on every log line",
+                        ),
+                    );
+                    match status.as_str() {
+                        "401" => {
+                            response.headers.insert(
+                                "WWW-Authenticate".to_owned(),
+                                header(Type::String, "`Bearer realm=\"credex\"`"),
+                            );
+                        }
+                        "429" => {
+                            response.headers.insert(
+                                "Retry-After".to_owned(),
+                                header(Type::Integer, "Seconds to wait before trying again"),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Request bodies refuse unknown fields (`#[serde(deny_unknown_fields)]`), and the document
+/// says so with `additionalProperties: false`. utoipa writes that for structs but not for the
+/// struct variants of a tagged enum, which serde closes all the same; this closes them.
+struct ClosedVariants;
+
+impl utoipa::Modify for ClosedVariants {
+    fn modify(&self, document: &mut Document) {
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        use utoipa::openapi::RefOr;
+        let Some(components) = document.components.as_mut() else {
+            return;
+        };
+        for name in ["TransferRequest"] {
+            let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
+                panic!("{name} is a oneOf of its variants");
+            };
+            for variant in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = variant {
+                    object.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
+
 /// The whole document.
 pub fn document() -> Document {
     let mut document = ApiDoc::openapi();
@@ -84,10 +217,34 @@ pub fn document() -> Document {
 }
 
 /// The document as committed: pretty JSON with a final newline.
+///
+/// Every response header the document names is always sent, so each is marked `required`
+/// (utoipa's header object has no such field; it is added to the JSON here).
 pub fn document_json() -> String {
-    let mut json = document()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes");
+    let mut value = serde_json::to_value(document()).expect("the OpenAPI document serializes");
+    if let Some(paths) = value
+        .get_mut("paths")
+        .and_then(|paths| paths.as_object_mut())
+    {
+        let responses = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses"))
+            .filter_map(|responses| responses.as_object_mut())
+            .flat_map(|responses| responses.values_mut());
+        for response in responses {
+            let headers = response
+                .get_mut("headers")
+                .and_then(|headers| headers.as_object_mut());
+            for header in headers.into_iter().flat_map(|headers| headers.values_mut()) {
+                if let Some(header) = header.as_object_mut() {
+                    header.insert("required".to_owned(), serde_json::Value::Bool(true));
+                }
+            }
+        }
+    }
+    let mut json = serde_json::to_string_pretty(&value).expect("the OpenAPI document serializes");
     json.push('\n');
     json
 }

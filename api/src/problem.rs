@@ -216,6 +216,20 @@ pub fn json_error(
     api.into()
 }
 
+/// A query string that does not parse (a number that is not one, an unknown parameter) as a
+/// problem: 400, saying what is wrong.
+#[allow(clippy::needless_pass_by_value)] // the signature actix-web's `QueryConfig` takes
+pub fn query_error(
+    error: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::new(
+        ProblemKind::BadRequest,
+        format!("the query string is not valid: {error}"),
+    )
+    .into()
+}
+
 /// A request id: the caller's `X-Request-Id` when it is short and plain, else a fresh UUIDv7.
 fn request_id(req: &ServiceRequest) -> String {
     req.headers()

@@ -121,6 +121,7 @@ pub fn app(
                 .limit(1 << 20)
                 .error_handler(problem::json_error),
         )
+        .app_data(web::QueryConfig::default().error_handler(problem::query_error))
         .configure(routes::health::configure)
         .configure(routes::auth::configure)
         .configure(routes::orgs::configure)

@@ -18,18 +18,48 @@ pub fn rfc3339(at: Timestamp) -> String {
         .unwrap_or_default()
 }
 
+/// An org's plan.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanName {
+    Free,
+    Teams,
+    Enterprise,
+}
+
+/// A member's role in an org: owners manage members and API keys.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    Owner,
+    Member,
+}
+
+/// What an API key may do: `read` the org's data, write usage, trade on the market.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum ScopeName {
+    #[serde(rename = "read")]
+    Read,
+    #[serde(rename = "usage:write")]
+    UsageWrite,
+    #[serde(rename = "market:trade")]
+    MarketTrade,
+}
+
 /// An org (tenant).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OrgView {
     #[schema(value_type = String, format = Uuid)]
     pub id: String,
     pub name: String,
-    /// `free`, `teams` or `enterprise`.
+    #[schema(value_type = PlanName)]
     pub plan: String,
     /// 0 (none) to 3, set by admins.
+    #[schema(minimum = 0, maximum = 3)]
     pub verification_level: u8,
     /// A frozen org cannot trade until an admin clears it.
     pub frozen: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -54,6 +84,7 @@ pub struct UserView {
     pub email: String,
     /// A platform (provider) admin.
     pub is_admin: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -72,7 +103,7 @@ impl From<&User> for UserView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MembershipView {
     pub org: OrgView,
-    /// `owner` or `member`.
+    #[schema(value_type = RoleName)]
     pub role: String,
 }
 
@@ -95,12 +126,16 @@ pub struct ApiKeyView {
     pub name: String,
     /// The key's public part: keys read `cdx_<prefix>_<secret>`.
     pub prefix: String,
-    /// Any of `read`, `usage:write`, `market:trade`.
+    #[schema(value_type = Vec<ScopeName>)]
     pub scopes: Vec<String>,
     #[schema(value_type = String, format = Uuid)]
     pub created_by: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// When the key was last used (updated at most once a minute).
+    #[schema(format = DateTime)]
     pub last_used_at: Option<String>,
+    #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
 }
 

@@ -61,6 +61,7 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
             Who::Owner,
             Some(json!({"name": "k", "scopes": ["read"]})),
         ),
+        ("get_api_key", Who::Owner, None),
         ("revoke_api_key", Who::Owner, None),
         (
             "create_org",
@@ -73,6 +74,7 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
             Who::Admin,
             Some(json!({"email": "new@example.com", "password": PASSWORD})),
         ),
+        ("get_user", Who::Admin, None),
         ("audit_log", Who::Admin, None),
         (
             "credit",

@@ -14,12 +14,15 @@ use crate::config::Secret;
 pub const PASSWORD_MAX_BYTES: usize = 1_024;
 /// The shortest password accepted, in characters.
 pub const PASSWORD_MIN_CHARS: usize = 12;
+/// The longest new password accepted, in characters (as the API document counts them): at
+/// four bytes each at most, within [`PASSWORD_MAX_BYTES`].
+pub const PASSWORD_MAX_CHARS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PasswordError {
     #[error("a password has at least {PASSWORD_MIN_CHARS} characters")]
     TooShort,
-    #[error("a password has at most {PASSWORD_MAX_BYTES} bytes")]
+    #[error("a password has at most {PASSWORD_MAX_CHARS} characters")]
     TooLong,
     #[error("the password could not be hashed")]
     Hashing,
@@ -27,7 +30,7 @@ pub enum PasswordError {
 
 /// Checks a new password's length.
 pub fn acceptable(password: &str) -> Result<(), PasswordError> {
-    if password.len() > PASSWORD_MAX_BYTES {
+    if password.chars().count() > PASSWORD_MAX_CHARS {
         Err(PasswordError::TooLong)
     } else if password.chars().count() < PASSWORD_MIN_CHARS {
         Err(PasswordError::TooShort)
@@ -112,8 +115,11 @@ mod tests {
     #[tokio::test]
     async fn lengths_are_bounded() {
         assert_eq!(hash(secret("short")).await, Err(PasswordError::TooShort));
-        let long = "x".repeat(PASSWORD_MAX_BYTES + 1);
+        let long = "x".repeat(PASSWORD_MAX_CHARS + 1);
         assert_eq!(hash(secret(&long)).await, Err(PasswordError::TooLong));
+        let wide = "日".repeat(PASSWORD_MAX_CHARS);
+        assert!(wide.len() <= PASSWORD_MAX_BYTES);
+        assert!(acceptable(&wide).is_ok());
     }
 
     #[tokio::test]

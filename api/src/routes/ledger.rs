@@ -14,16 +14,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::access::{Admin, OrgAccess, Read};
 use crate::idempotency::{self, Answer, IdempotencyKey};
+use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::views::rfc3339;
 
 fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
     ApiError::internal(error).into()
-}
-
-fn invalid(field: &str, error: impl std::fmt::Display) -> actix_web::Error {
-    ApiError::new(ProblemKind::Unprocessable, format!("{field}: {error}")).into()
 }
 
 /// A JSON body from raw bytes (kept raw for the idempotency fingerprint).
@@ -40,12 +37,14 @@ fn json_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, a
         .map_err(|error| ApiError::new(ProblemKind::MalformedJson, error.to_string()).into())
 }
 
-fn instant(field: &str, text: &str) -> Result<Timestamp, actix_web::Error> {
-    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|error| invalid(field, error))?;
-    let micros =
-        i64::try_from(at.unix_timestamp_nanos() / 1_000).map_err(|error| invalid(field, error))?;
-    Ok(Timestamp::from_micros(micros))
+/// A client-chosen id in the body: a hyphenated UUID, never the nil or the max one.
+fn body_id<T>(
+    field: &str,
+    text: &str,
+    make: impl Fn(uuid::Uuid) -> Result<T, credex_ledger::IdError>,
+) -> Result<T, actix_web::Error> {
+    let uuid = input::uuid(text).ok_or_else(|| invalid(field, "not a UUID"))?;
+    make(uuid).map_err(|error| invalid(field, error))
 }
 
 /// An account's four totals and what they mean, in the asset's smallest unit.
@@ -84,9 +83,73 @@ pub struct AccountBalanceView {
     pub account_id: String,
     /// `CR` (µCR) or `TOK.<class>.<cycle>` (tokens).
     pub asset: String,
-    /// `wallet`, `alloc`, `acquired` or `escrow`.
+    #[schema(value_type = OrgAccountKind)]
     pub kind: String,
     pub balance: BalanceView,
+}
+
+/// The kinds of account an org has: its CR `wallet`, token allotments (`alloc`), tokens bought
+/// (`acquired`), and what it has listed for sale (`escrow`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgAccountKind {
+    Wallet,
+    Alloc,
+    Acquired,
+    Escrow,
+}
+
+/// The four kinds of journal entry.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKindName {
+    Single,
+    Pending,
+    Post,
+    Void,
+}
+
+/// Why value moved.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferCodeName {
+    Allotment,
+    Grant,
+    TopUp,
+    Spend,
+    List,
+    Unlist,
+    Trade,
+    Fee,
+    Buyback,
+    EmergencySale,
+    Expiry,
+    Reversal,
+}
+
+/// Why value is reserved: any code but `expiry`, which is single-phase.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingCodeName {
+    Allotment,
+    Grant,
+    TopUp,
+    Spend,
+    List,
+    Unlist,
+    Trade,
+    Fee,
+    Buyback,
+    EmergencySale,
+    Reversal,
+}
+
+/// How CR enters: paid for outside Credex (`top_up`) or given (`grant`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditKind {
+    TopUp,
+    Grant,
 }
 
 /// Balances as of an instant.
@@ -94,7 +157,8 @@ pub struct AccountBalanceView {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct BalancesQuery {
-    /// An instant in the past (RFC 3339); default: now.
+    /// An instant (RFC 3339); default: now.
+    #[param(format = DateTime)]
     as_of: Option<String>,
 }
 
@@ -110,7 +174,7 @@ pub struct BalancesQuery {
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org, or not the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`as_of` is not an RFC 3339 instant", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`as_of` is not an RFC 3339 date-time", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn balances(
@@ -121,7 +185,7 @@ pub async fn balances(
     let as_of = query
         .as_of
         .as_deref()
-        .map(|text| instant("as_of", text))
+        .map(|text| input::instant("as_of", text))
         .transpose()?;
     let store = state.ledger.store();
     let accounts = store
@@ -155,21 +219,24 @@ pub struct TransferView {
     pub seq: i64,
     #[schema(value_type = String, format = Uuid)]
     pub id: String,
-    /// `single`, `pending`, `post` or `void`.
+    #[schema(value_type = TransferKindName)]
     pub kind: String,
     #[schema(value_type = String, format = Uuid)]
     pub debit_account_id: String,
     #[schema(value_type = String, format = Uuid)]
     pub credit_account_id: String,
+    /// `CR` or `TOK.<class>.<cycle>`.
     pub asset: String,
+    #[schema(minimum = 1)]
     pub amount: u64,
-    /// Why value moved: `allotment`, `grant`, `top_up`, `spend`, `trade`, …
+    #[schema(value_type = TransferCodeName)]
     pub code: String,
     #[schema(value_type = Option<String>, format = Uuid)]
     pub pending_id: Option<String>,
     pub timeout_seconds: Option<u32>,
     pub metadata: String,
     pub linked: bool,
+    #[schema(format = DateTime)]
     pub timestamp: String,
 }
 
@@ -208,8 +275,10 @@ pub struct HistoryPage {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// `next` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}_[0-9]{1,18}$")]
     cursor: Option<String>,
     /// At most this many entries (1 to 1,000; default 100).
+    #[serde(default, deserialize_with = "integer::optional_in_query")]
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
@@ -260,11 +329,9 @@ pub async fn history(
         .cursor
         .as_deref()
         .map(|text| {
-            let (at, seq) = text
-                .split_once('_')
-                .ok_or_else(|| invalid("cursor", "not a cursor"))?;
-            let at = at.parse().map_err(|_| invalid("cursor", "not a cursor"))?;
-            let seq = seq.parse().map_err(|_| invalid("cursor", "not a cursor"))?;
+            let (at, seq) = input::history_cursor(text).ok_or_else(|| {
+                invalid("cursor", "not a cursor: pass `next` of the previous page")
+            })?;
             Ok::<_, actix_web::Error>(HistoryCursor {
                 timestamp: Timestamp::from_micros(at),
                 seq,
@@ -292,15 +359,24 @@ pub async fn history(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"kind": "top_up", "amount_micro_cr": 25000000, "reason": "invoice 2026-118"}))]
 pub struct CreditRequest {
-    /// `top_up` or `grant`.
+    #[schema(value_type = CreditKind)]
     kind: String,
     /// In µCR (1 CR = 1,000,000 µCR); positive.
-    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "integer::required")]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
     amount_micro_cr: u64,
-    /// Why: an invoice, a promotion (1 to 200 characters).
-    #[schema(min_length = 1, max_length = 200)]
+    /// Why: an invoice, a promotion. At most 120 characters, not blank, no control characters;
+    /// kept without surrounding white space.
+    #[schema(
+        max_length = 120,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     reason: String,
 }
+
+/// The longest credit reason, in characters: four bytes each at most, it fits the ledger's
+/// 512 bytes of metadata with its JSON around it.
+const REASON_MAX_CHARS: usize = 120;
 
 /// Credits an org's wallet with CR (admins only; the only way CR enters Credex). Needs an
 /// `Idempotency-Key`.
@@ -311,18 +387,19 @@ pub struct CreditRequest {
     security(("bearer" = [])),
     params(
         ("org_id" = String, Path, format = Uuid, description = "The org"),
-        ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; a retry with the same key answers the first answer"),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters, new for each new request; a retry with the same key answers the first answer"),
     ),
     request_body = CreditRequest,
     responses(
-        (status = 201, description = "Credited; `Location` names the transfer", body = TransferView),
+        (status = 201, description = "Credited; `Location` names the transfer", body = TransferView,
+            headers(("Location" = String, description = "The transfer: `/v1/admin/transfers/{transfer_id}`"))),
         (status = 400, description = "No Idempotency-Key, or a malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The first request with this key is still running", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The first request with this key is still running, or the ledger refused the credit (such as a wallet that would overflow); the detail names the ledger's result", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is not valid, the key was used for another request, or the ledger refused", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is not valid, or the key was used for another request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn credit(
@@ -349,10 +426,7 @@ pub async fn credit(
     };
     let amount =
         Amount::new(request.amount_micro_cr).map_err(|error| invalid("amount_micro_cr", error))?;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 200 {
-        return Err(invalid("reason", "1 to 200 characters"));
-    }
+    let reason = input::text("reason", &request.reason, REASON_MAX_CHARS)?.trim();
     let metadata = Metadata::new(serde_json::json!({ "reason": reason }).to_string())
         .map_err(|error| invalid("reason", error))?;
     let ledger = state.ledger.clone();
@@ -376,7 +450,10 @@ pub async fn credit(
             .map_err(|error| internal(&error))?;
         match results.first() {
             Some(Ok(()) | Err(TransferError::Exists)) => {}
-            Some(Err(error)) => return Err(invalid("ledger", error.name())),
+            Some(Err(error)) => {
+                let detail = format!("the ledger refused the credit: {}", error.name());
+                return Err(ApiError::new(ProblemKind::Conflict, detail).into());
+            }
             None => return Err(internal(&"no result")),
         }
         let entry = ledger
@@ -473,104 +550,216 @@ pub async fn transfer(
     Ok(HttpResponse::Ok().json(TransferView::from(&entry)))
 }
 
-/// One transfer of a raw batch.
+/// One transfer of a raw batch; `kind` says which fields it takes.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[schema(example = json!({
     "id": "0192d1a4-8c3e-7b61-9a0f-2f4b5c6d7e8f", "kind": "single",
     "debit_account_id": "0192d1a4-0000-7000-8000-000000000001",
     "credit_account_id": "0192d1a4-0000-7000-8000-000000000002",
     "asset": "CR", "amount": 1000000, "code": "grant"
 }))]
-pub struct TransferRequest {
-    /// Chosen by the client; a replay answers `exists`.
-    #[schema(format = Uuid)]
-    id: String,
-    /// `single`, `pending`, `post` or `void`.
-    kind: String,
-    #[schema(format = Uuid)]
-    debit_account_id: Option<String>,
-    #[schema(format = Uuid)]
-    credit_account_id: Option<String>,
-    asset: Option<String>,
-    /// Positive; for `post`, optional (default: the whole pending amount).
-    amount: Option<u64>,
-    /// `allotment`, `grant`, `top_up`, `spend`, `list`, `unlist`, `trade`, `fee`, `buyback`,
-    /// `emergency_sale`, `expiry` or `reversal`.
-    code: Option<String>,
-    /// For `post` and `void`.
-    #[schema(format = Uuid)]
-    pending_id: Option<String>,
-    /// For `pending`: seconds until it expires.
-    timeout_seconds: Option<u32>,
-    #[schema(max_length = 512)]
-    metadata: Option<String>,
-    /// Chains this transfer with the next: they commit or fail as one.
-    #[serde(default)]
-    linked: bool,
+pub enum TransferRequest {
+    /// Moves value at once.
+    Single {
+        /// Chosen by the client; a replay answers `exists`.
+        #[schema(format = Uuid)]
+        id: String,
+        #[schema(format = Uuid)]
+        debit_account_id: String,
+        /// Another account than the debit account.
+        #[schema(format = Uuid)]
+        credit_account_id: String,
+        #[schema(
+            pattern = r"^(CR|TOK\.[a-z][a-z0-9]{0,7}\.[A-Za-z0-9]([A-Za-z0-9-]{0,8}[A-Za-z0-9])?)$"
+        )]
+        asset: String,
+        #[serde(deserialize_with = "integer::required")]
+        #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+        amount: u64,
+        #[schema(value_type = TransferCodeName)]
+        code: String,
+        /// At most 128 characters, no control characters.
+        #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+        metadata: Option<String>,
+        /// Chains this transfer with the next: they commit or fail as one.
+        #[serde(default)]
+        linked: bool,
+    },
+    /// Reserves value until posted, voided or expired.
+    Pending {
+        #[schema(format = Uuid)]
+        id: String,
+        #[schema(format = Uuid)]
+        debit_account_id: String,
+        #[schema(format = Uuid)]
+        credit_account_id: String,
+        #[schema(
+            pattern = r"^(CR|TOK\.[a-z][a-z0-9]{0,7}\.[A-Za-z0-9]([A-Za-z0-9-]{0,8}[A-Za-z0-9])?)$"
+        )]
+        asset: String,
+        #[serde(deserialize_with = "integer::required")]
+        #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+        amount: u64,
+        #[schema(value_type = PendingCodeName)]
+        code: String,
+        /// Seconds until the reservation expires; default: never.
+        #[serde(default, deserialize_with = "integer::optional")]
+        #[schema(minimum = 1, maximum = 4_294_967_295_u64, format = Int64)]
+        timeout_seconds: Option<u32>,
+        #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+        metadata: Option<String>,
+        #[serde(default)]
+        linked: bool,
+    },
+    /// Posts a pending transfer, for all of it or less.
+    Post {
+        #[schema(format = Uuid)]
+        id: String,
+        /// The pending transfer; not this transfer's own id.
+        #[schema(format = Uuid)]
+        pending_id: String,
+        /// Default: the whole pending amount.
+        #[serde(default, deserialize_with = "integer::optional")]
+        #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)]
+        amount: Option<u64>,
+        #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+        metadata: Option<String>,
+        #[serde(default)]
+        linked: bool,
+    },
+    /// Voids a pending transfer.
+    Void {
+        #[schema(format = Uuid)]
+        id: String,
+        /// The pending transfer; not this transfer's own id.
+        #[schema(format = Uuid)]
+        pending_id: String,
+        #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+        metadata: Option<String>,
+        #[serde(default)]
+        linked: bool,
+    },
+}
+
+/// The longest transfer metadata the API takes, in characters: at four bytes each at most,
+/// within the ledger's 512 bytes.
+const METADATA_MAX_CHARS: usize = 128;
+
+/// The parts of a movement as a request names them.
+struct MovementText<'a> {
+    debit_account_id: &'a str,
+    credit_account_id: &'a str,
+    asset: &'a str,
+    amount: u64,
+    code: &'a str,
 }
 
 impl TransferRequest {
-    fn parse(self, index: usize) -> Result<Transfer, actix_web::Error> {
+    fn parse(&self, index: usize) -> Result<Transfer, actix_web::Error> {
         let field = |name: &str| format!("transfers[{index}].{name}");
-        let needed = |value: Option<String>, name: &str| {
-            value.ok_or_else(|| invalid(&field(name), "required"))
-        };
-        let id = TransferId::parse(&self.id).map_err(|error| invalid(&field("id"), error))?;
-        let metadata = Metadata::new(self.metadata.clone().unwrap_or_default())
-            .map_err(|error| invalid(&field("metadata"), error))?;
-        let movement = |this: &Self| -> Result<Movement, actix_web::Error> {
-            let debit =
-                AccountId::parse(&needed(this.debit_account_id.clone(), "debit_account_id")?)
-                    .map_err(|error| invalid(&field("debit_account_id"), error))?;
-            let credit = AccountId::parse(&needed(
-                this.credit_account_id.clone(),
-                "credit_account_id",
-            )?)
-            .map_err(|error| invalid(&field("credit_account_id"), error))?;
-            let asset = AssetCode::parse(&needed(this.asset.clone(), "asset")?)
-                .map_err(|error| invalid(&field("asset"), error))?;
-            let amount = Amount::new(
-                this.amount
-                    .ok_or_else(|| invalid(&field("amount"), "required"))?,
-            )
-            .map_err(|error| invalid(&field("amount"), error))?;
-            let code = needed(this.code.clone(), "code")?;
-            let code = TransferCode::parse(&code)
-                .ok_or_else(|| invalid(&field("code"), format!("unknown code `{code}`")))?;
+        let movement = |m: MovementText<'_>| -> Result<Movement, actix_web::Error> {
+            let debit = body_id(
+                &field("debit_account_id"),
+                m.debit_account_id,
+                AccountId::new,
+            )?;
+            let credit = body_id(
+                &field("credit_account_id"),
+                m.credit_account_id,
+                AccountId::new,
+            )?;
+            let asset =
+                AssetCode::parse(m.asset).map_err(|error| invalid(&field("asset"), error))?;
+            let amount = Amount::new(m.amount).map_err(|error| invalid(&field("amount"), error))?;
+            let code = TransferCode::parse(m.code)
+                .ok_or_else(|| invalid(&field("code"), format!("unknown code `{}`", m.code)))?;
             Movement::new(debit, credit, asset, amount, code)
                 .map_err(|error| invalid(&field("credit_account_id"), error))
         };
-        let pending_id = || -> Result<TransferId, actix_web::Error> {
-            TransferId::parse(&needed(self.pending_id.clone(), "pending_id")?)
-                .map_err(|error| invalid(&field("pending_id"), error))
-        };
-        let action = match self.kind.as_str() {
-            "single" => Action::Move(movement(&self)?),
-            "pending" => Action::Reserve {
-                movement: movement(&self)?,
-                timeout_seconds: self.timeout_seconds,
-            },
-            "post" => Action::Post {
-                pending_id: pending_id()?,
-                amount: self
-                    .amount
-                    .map(Amount::new)
-                    .transpose()
-                    .map_err(|error| invalid(&field("amount"), error))?,
-            },
-            "void" => Action::Void {
-                pending_id: pending_id()?,
-            },
-            other => {
-                return Err(invalid(
-                    &field("kind"),
-                    format!("`single`, `pending`, `post` or `void`, not `{other}`"),
-                ))
+        let (id, metadata, linked, action) = match self {
+            Self::Single {
+                id,
+                debit_account_id,
+                credit_account_id,
+                asset,
+                amount,
+                code,
+                metadata,
+                linked,
+            } => {
+                let movement = movement(MovementText {
+                    debit_account_id,
+                    credit_account_id,
+                    asset,
+                    amount: *amount,
+                    code,
+                })?;
+                (id, metadata, linked, Action::Move(movement))
+            }
+            Self::Pending {
+                id,
+                debit_account_id,
+                credit_account_id,
+                asset,
+                amount,
+                code,
+                timeout_seconds,
+                metadata,
+                linked,
+            } => {
+                let movement = movement(MovementText {
+                    debit_account_id,
+                    credit_account_id,
+                    asset,
+                    amount: *amount,
+                    code,
+                })?;
+                let action = Action::Reserve {
+                    movement,
+                    timeout_seconds: *timeout_seconds,
+                };
+                (id, metadata, linked, action)
+            }
+            Self::Post {
+                id,
+                pending_id,
+                amount,
+                metadata,
+                linked,
+            } => {
+                let action = Action::Post {
+                    pending_id: body_id(&field("pending_id"), pending_id, TransferId::new)?,
+                    amount: amount
+                        .map(Amount::new)
+                        .transpose()
+                        .map_err(|error| invalid(&field("amount"), error))?,
+                };
+                (id, metadata, linked, action)
+            }
+            Self::Void {
+                id,
+                pending_id,
+                metadata,
+                linked,
+            } => {
+                let action = Action::Void {
+                    pending_id: body_id(&field("pending_id"), pending_id, TransferId::new)?,
+                };
+                (id, metadata, linked, action)
             }
         };
-        Transfer::new(id, action, metadata, self.linked)
-            .map_err(|error| invalid(&field("kind"), error))
+        let id = body_id(&field("id"), id, TransferId::new)?;
+        let metadata = metadata.as_deref().unwrap_or_default();
+        if !input::is_plain_text(metadata, METADATA_MAX_CHARS) {
+            return Err(invalid(
+                &field("metadata"),
+                "at most 128 characters, no control characters",
+            ));
+        }
+        let metadata =
+            Metadata::new(metadata).map_err(|error| invalid(&field("metadata"), error))?;
+        Transfer::new(id, action, metadata, *linked).map_err(|error| invalid(&field("kind"), error))
     }
 }
 
@@ -578,7 +767,7 @@ impl TransferRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBatch {
-    /// 1 to 8,190 transfers.
+    #[schema(min_items = 1, max_items = 8190)]
     transfers: Vec<TransferRequest>,
 }
 
@@ -598,7 +787,7 @@ pub struct TransferOutcome {
     path = "/v1/admin/transfers",
     tag = "ledger",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; a retry with the same key answers the first answer")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]{1,255}$", description = "1 to 255 visible ASCII characters, new for each new request; a retry with the same key answers the first answer")),
     request_body = TransferBatch,
     responses(
         (status = 200, description = "One outcome per transfer, in order", body = Vec<TransferOutcome>),
@@ -624,7 +813,7 @@ pub async fn transfers(
     }
     let transfers = batch
         .transfers
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(index, transfer)| transfer.parse(index))
         .collect::<Result<Vec<_>, _>>()?;

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use credex_ledger::OrgId;
 use credex_store::{
     ApiKeyId, ApiKeyName, ApiKeyPrefix, AuditAction, AuditCursor, AuditEntry, AuditFilter, AuditId,
-    Email, IdentityError, NewApiKey, OrgName, PasswordHash, Plan, Role, Scopes, Store, TokenHash,
+    IdentityError, NewApiKey, OrgName, PasswordHash, Plan, Role, Scope, Scopes, Store, TokenHash,
     UserId, VerificationLevel,
 };
 use serde::{Deserialize, Serialize};
@@ -16,16 +16,12 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::access::{Admin, Authenticator, Caller, OrgAccess, Owner, Read};
 use crate::auth::{password, tokens};
 use crate::config::Secret;
+use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
-use crate::views::{rfc3339, ApiKeyView, OrgView, UserView};
+use crate::views::{rfc3339, ApiKeyView, OrgView, PlanName, RoleName, ScopeName, UserView};
 
 fn internal(error: &IdentityError) -> actix_web::Error {
     ApiError::internal(error).into()
-}
-
-/// A refusal naming the field at fault.
-fn invalid(field: &str, error: impl std::fmt::Display) -> actix_web::Error {
-    ApiError::new(ProblemKind::Unprocessable, format!("{field}: {error}")).into()
 }
 
 /// Appends to the audit log; a failure to record fails the request.
@@ -63,10 +59,14 @@ fn created(location: String, body: impl Serialize) -> HttpResponse {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Acme Robotics", "plan": "teams"}))]
 pub struct NewOrg {
-    /// 1 to 100 characters.
-    #[schema(max_length = 100)]
+    /// At most 100 characters, not blank, no control characters; kept without surrounding
+    /// white space.
+    #[schema(
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
-    /// `free`, `teams` or `enterprise`.
+    #[schema(value_type = PlanName)]
     plan: String,
 }
 
@@ -78,7 +78,8 @@ pub struct NewOrg {
     security(("bearer" = [])),
     request_body = NewOrg,
     responses(
-        (status = 201, description = "Created; `Location` names it", body = OrgView),
+        (status = 201, description = "Created; `Location` names it", body = OrgView,
+            headers(("Location" = String, description = "The new org: `/v1/orgs/{org_id}`"))),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is not valid", body = Problem, content_type = "application/problem+json"),
@@ -89,7 +90,8 @@ pub async fn create_org(
     body: web::Json<NewOrg>,
     auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let name = OrgName::parse(&body.name).map_err(|error| invalid("name", error))?;
+    let name = input::text("name", &body.name, OrgName::MAX_CHARS)?;
+    let name = OrgName::parse(name).map_err(|error| invalid("name", error))?;
     let plan = Plan::parse(&body.plan).map_err(|error| invalid("plan", error))?;
     let store = auth.store.as_ref();
     let org = store
@@ -118,8 +120,11 @@ pub async fn create_org(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"verification_level": 2, "frozen": false}))]
 pub struct OrgChange {
+    #[schema(value_type = Option<PlanName>)]
     plan: Option<String>,
-    /// 0 to 3.
+    /// 0 (none) to 3.
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[schema(minimum = 0, maximum = 3)]
     verification_level: Option<u8>,
     frozen: Option<bool>,
 }
@@ -238,16 +243,19 @@ pub async fn get_org(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"email": "ada@acme.example", "password": "a long and careful password", "org_id": "0192d1a4-8c3e-7b61-9a0f-2f4b5c6d7e8f", "role": "owner"}))]
 pub struct NewUser {
-    #[schema(max_length = 254)]
+    /// Visible ASCII characters with one `@`; stored in lowercase.
+    #[schema(max_length = 254, pattern = r"^[!-?A-~]+@[!-?A-~]+$")]
     email: String,
-    /// At least 12 characters.
-    #[schema(min_length = 12, max_length = 1024)]
+    /// 12 to 256 characters.
+    #[schema(min_length = 12, max_length = 256)]
     password: String,
     #[serde(default)]
     is_admin: bool,
+    /// An org to make the user a member of.
     #[schema(value_type = Option<String>, format = Uuid)]
     org_id: Option<String>,
-    /// `owner` or `member`; with `org_id`.
+    /// The role in the org of `org_id` (default `member`); without `org_id` it has no effect.
+    #[schema(value_type = Option<RoleName>)]
     role: Option<String>,
 }
 
@@ -259,9 +267,11 @@ pub struct NewUser {
     security(("bearer" = [])),
     request_body = NewUser,
     responses(
-        (status = 201, description = "Created", body = UserView),
+        (status = 201, description = "Created; `Location` names the user", body = UserView,
+            headers(("Location" = String, description = "The new user: `/v1/admin/users/{user_id}`"))),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No org has the id `org_id`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The e-mail address is taken", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is not valid", body = Problem, content_type = "application/problem+json"),
     )
@@ -278,15 +288,24 @@ pub async fn create_user(
         org_id,
         role,
     } = body.into_inner();
-    let email = Email::parse(&email).map_err(|error| invalid("email", error))?;
-    let membership = match (org_id, role) {
-        (None, None) => None,
-        (Some(org), Some(role)) => {
-            let org = OrgId::parse(&org).map_err(|error| invalid("org_id", error))?;
-            let role = Role::parse(&role).map_err(|error| invalid("role", error))?;
+    let email = input::email("email", &email)?;
+    let no_such_org = || -> actix_web::Error {
+        ApiError::new(ProblemKind::NotFound, "org_id: no such org").into()
+    };
+    let role = role
+        .as_deref()
+        .map(Role::parse)
+        .transpose()
+        .map_err(|error| invalid("role", error))?
+        .unwrap_or(Role::Member);
+    let membership = match org_id {
+        None => None,
+        Some(org) => {
+            let org = input::uuid(&org).ok_or_else(|| invalid("org_id", "not a UUID"))?;
+            // The nil and the max UUID are never an org's id.
+            let org = OrgId::new(org).map_err(|_| no_such_org())?;
             Some((org, role))
         }
-        _ => return Err(invalid("role", "org_id and role go together")),
     };
     let store = auth.store.as_ref();
     if let Some((org, _)) = membership {
@@ -296,7 +315,7 @@ pub async fn create_user(
             .map_err(|error| internal(&error))?
             .is_none()
         {
-            return Err(invalid("org_id", "no such org"));
+            return Err(no_such_org());
         }
     }
     let hash = password::hash(Secret::new(secret))
@@ -343,11 +362,42 @@ pub async fn create_user(
     ))
 }
 
+/// A user (admins only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users/{user_id}",
+    tag = "orgs",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, format = Uuid, description = "The user")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_user(
+    _admin: Admin,
+    path: web::Path<String>,
+    auth: web::Data<Authenticator>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let not_found =
+        || -> actix_web::Error { ApiError::new(ProblemKind::NotFound, "no such user").into() };
+    let user_id = UserId::parse(&path).map_err(|_| not_found())?;
+    let user = auth
+        .store
+        .user(user_id)
+        .await
+        .map_err(|error| internal(&error))?
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(UserView::from(&user)))
+}
+
 /// A member of an org.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemberView {
     pub user: UserView,
-    /// `owner` or `member`.
+    #[schema(value_type = RoleName)]
     pub role: String,
 }
 
@@ -388,9 +438,10 @@ pub async fn members(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"email": "grace@acme.example", "role": "member"}))]
 pub struct NewMember {
-    #[schema(max_length = 254)]
+    /// A user's e-mail address: visible ASCII characters with one `@`.
+    #[schema(max_length = 254, pattern = r"^[!-?A-~]+@[!-?A-~]+$")]
     email: String,
-    /// `owner` or `member`.
+    #[schema(value_type = RoleName)]
     role: String,
 }
 
@@ -406,8 +457,8 @@ pub struct NewMember {
         (status = 200, description = "The member", body = MemberView),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an owner of the org", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such org, or not the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is not valid, or no user has the e-mail address", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org, or not the caller's; or no user has the e-mail address", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is not valid", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn add_member(
@@ -415,14 +466,19 @@ pub async fn add_member(
     body: web::Json<NewMember>,
     auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let email = Email::parse(&body.email).map_err(|error| invalid("email", error))?;
+    let email = input::email("email", &body.email)?;
     let role = Role::parse(&body.role).map_err(|error| invalid("role", error))?;
     let store = auth.store.as_ref();
     let (user, _) = store
         .user_by_email(&email)
         .await
         .map_err(|error| internal(&error))?
-        .ok_or_else(|| invalid("email", "no user has this e-mail address"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemKind::NotFound,
+                "email: no user has this e-mail address",
+            )
+        })?;
     store
         .add_member(access.org, user.id, role)
         .await
@@ -448,9 +504,14 @@ pub async fn add_member(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "billing worker", "scopes": ["read", "usage:write"]}))]
 pub struct NewApiKeyRequest {
-    #[schema(max_length = 100)]
+    /// At most 100 characters, not blank, no control characters.
+    #[schema(
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
-    /// Any of `read`, `usage:write`, `market:trade`; at least one.
+    /// At least one; a scope named twice counts once.
+    #[schema(value_type = Vec<ScopeName>, min_items = 1)]
     scopes: Vec<String>,
 }
 
@@ -471,7 +532,8 @@ pub struct CreatedApiKey {
     params(("org_id" = String, Path, format = Uuid, description = "The org")),
     request_body = NewApiKeyRequest,
     responses(
-        (status = 201, description = "Created; the key is in the body, once", body = CreatedApiKey),
+        (status = 201, description = "Created; the key is in the body, once", body = CreatedApiKey,
+            headers(("Location" = String, description = "The new key: `/v1/orgs/{org_id}/api-keys/{key_id}`"))),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an owner of the org (API keys cannot make keys)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org, or not the caller's", body = Problem, content_type = "application/problem+json"),
@@ -483,8 +545,15 @@ pub async fn create_api_key(
     body: web::Json<NewApiKeyRequest>,
     auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let name = ApiKeyName::parse(&body.name).map_err(|error| invalid("name", error))?;
-    let scopes = Scopes::parse(&body.scopes.join(" ")).map_err(|error| invalid("scopes", error))?;
+    let name = input::text("name", &body.name, ApiKeyName::MAX_CHARS)?;
+    let name = ApiKeyName::parse(name).map_err(|error| invalid("name", error))?;
+    let scopes = body
+        .scopes
+        .iter()
+        .map(|scope| Scope::parse(scope))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(Scopes::new)
+        .map_err(|error| invalid("scopes", error))?;
     let created_by = access
         .caller
         .user_id()
@@ -553,6 +622,46 @@ pub async fn api_keys(
     Ok(HttpResponse::Ok().json(keys))
 }
 
+/// An API key of the org, without its secret (owners).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/api-keys/{key_id}",
+    tag = "orgs",
+    security(("bearer" = [])),
+    params(
+        ("org_id" = String, Path, format = Uuid, description = "The org"),
+        ("key_id" = String, Path, format = Uuid, description = "The key"),
+    ),
+    responses(
+        (status = 200, description = "The key, without its secret", body = ApiKeyView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an owner of the org", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key in the org, or the key was revoked (`DELETE`; the org's list of keys still shows it, with `revoked_at`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_api_key(
+    access: OrgAccess<Owner>,
+    path: web::Path<(String, String)>,
+    auth: web::Data<Authenticator>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let not_found =
+        || -> actix_web::Error { ApiError::new(ProblemKind::NotFound, "no such API key").into() };
+    let key_id = ApiKeyId::parse(&path.1).map_err(|_| not_found())?;
+    let key = auth
+        .store
+        .api_keys(access.org)
+        .await
+        .map_err(|error| internal(&error))?
+        .into_iter()
+        .find(|key| key.id == key_id)
+        .ok_or_else(not_found)?;
+    if let Some(at) = key.revoked_at {
+        let detail = format!("this API key was revoked at {}", rfc3339(at));
+        return Err(ApiError::new(ProblemKind::NotFound, detail).into());
+    }
+    Ok(HttpResponse::Ok().json(ApiKeyView::from(&key)))
+}
+
 /// Revokes an API key (owners): it stops working at once.
 #[utoipa::path(
     delete,
@@ -604,6 +713,7 @@ pub async fn revoke_api_key(
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this action, such as `api_key.create`.
+    #[param(pattern = r"^[a-z0-9_.]{1,64}$")]
     action: Option<String>,
     /// Only what this user did.
     #[param(format = Uuid)]
@@ -612,12 +722,18 @@ pub struct AuditQuery {
     #[param(format = Uuid)]
     org: Option<String>,
     /// From this instant on (RFC 3339), inclusive.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Before this instant (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
     /// `next` of the previous page.
+    #[param(
+        pattern = r"^[0-9]{1,18}_[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+    )]
     cursor: Option<String>,
     /// At most this many entries (1 to 1,000; default 100).
+    #[serde(default, deserialize_with = "integer::optional_in_query")]
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
@@ -627,6 +743,7 @@ pub struct AuditQuery {
 pub struct AuditEntryView {
     #[schema(value_type = String, format = Uuid)]
     pub id: String,
+    #[schema(format = DateTime)]
     pub at: String,
     #[schema(value_type = Option<String>, format = Uuid)]
     pub actor: Option<String>,
@@ -645,26 +762,26 @@ pub struct AuditPage {
     pub next: Option<String>,
 }
 
-fn instant(field: &str, text: &str) -> Result<credex_ledger::Timestamp, actix_web::Error> {
-    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|error| invalid(field, error))?;
-    let micros =
-        i64::try_from(at.unix_timestamp_nanos() / 1_000).map_err(|error| invalid(field, error))?;
-    Ok(credex_ledger::Timestamp::from_micros(micros))
-}
-
 fn cursor(text: &str) -> Result<AuditCursor, actix_web::Error> {
-    let (at, id) = text
-        .split_once('_')
-        .ok_or_else(|| invalid("cursor", "not a cursor"))?;
-    let at = at
-        .parse::<i64>()
-        .map_err(|_| invalid("cursor", "not a cursor"))?;
-    let id = AuditId::parse(id).map_err(|_| invalid("cursor", "not a cursor"))?;
+    let not_a_cursor = || invalid("cursor", "not a cursor: pass `next` of the previous page");
+    let (at, id) = input::audit_cursor(text).ok_or_else(not_a_cursor)?;
     Ok(AuditCursor {
         at: credex_ledger::Timestamp::from_micros(at),
-        id,
+        id: AuditId::new(id).map_err(|_| not_a_cursor())?,
     })
+}
+
+/// A filter by id: `Ok(None)` for an id nothing can have (the nil or the max UUID).
+fn id_filter<T>(
+    field: &str,
+    text: Option<&str>,
+    make: impl Fn(uuid::Uuid) -> Result<T, credex_ledger::IdError>,
+) -> Result<Option<Option<T>>, actix_web::Error> {
+    text.map(|text| {
+        let uuid = input::uuid(text).ok_or_else(|| invalid(field, "not a UUID"))?;
+        Ok(make(uuid).ok())
+    })
+    .transpose()
 }
 
 /// The audit log, oldest first, filtered and paged (admins only).
@@ -687,6 +804,8 @@ pub async fn audit_log(
     auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let query = query.into_inner();
+    let actor = id_filter("actor", query.actor.as_deref(), UserId::new)?;
+    let org = id_filter("org", query.org.as_deref(), OrgId::new)?;
     let filter = AuditFilter {
         action: query
             .action
@@ -694,33 +813,30 @@ pub async fn audit_log(
             .map(AuditAction::parse)
             .transpose()
             .map_err(|error| invalid("action", error))?,
-        actor: query
-            .actor
-            .as_deref()
-            .map(UserId::parse)
-            .transpose()
-            .map_err(|error| invalid("actor", error))?,
-        org: query
-            .org
-            .as_deref()
-            .map(OrgId::parse)
-            .transpose()
-            .map_err(|error| invalid("org", error))?,
+        actor: actor.flatten(),
+        org: org.flatten(),
         since: query
             .since
             .as_deref()
-            .map(|text| instant("since", text))
+            .map(|text| input::instant("since", text))
             .transpose()?,
         until: query
             .until
             .as_deref()
-            .map(|text| instant("until", text))
+            .map(|text| input::instant("until", text))
             .transpose()?,
     };
     let after = query.cursor.as_deref().map(cursor).transpose()?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
         return Err(invalid("limit", "between 1 and 1000"));
+    }
+    if actor == Some(None) || org == Some(None) {
+        // Filtered by an id no user or org can have: nothing matches.
+        return Ok(HttpResponse::Ok().json(AuditPage {
+            entries: Vec::new(),
+            next: None,
+        }));
     }
     let entries = auth
         .store
@@ -754,6 +870,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(web::resource("/v1/admin/orgs").route(web::post().to(create_org)))
         .service(web::resource("/v1/admin/orgs/{org_id}").route(web::patch().to(change_org)))
         .service(web::resource("/v1/admin/users").route(web::post().to(create_user)))
+        .service(web::resource("/v1/admin/users/{user_id}").route(web::get().to(get_user)))
         .service(web::resource("/v1/admin/audit").route(web::get().to(audit_log)))
         .service(web::resource("/v1/orgs/{org_id}").route(web::get().to(get_org)))
         .service(
@@ -768,6 +885,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         )
         .service(
             web::resource("/v1/orgs/{org_id}/api-keys/{key_id}")
+                .route(web::get().to(get_api_key))
                 .route(web::delete().to(revoke_api_key)),
         );
 }

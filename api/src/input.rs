@@ -1,0 +1,552 @@
+//! What a request may carry: the rules the OpenAPI document states (as `pattern`, `maxLength`,
+//! `minimum`, `format`, …) and the handlers enforce, kept in agreement both ways — a request
+//! the document calls valid is accepted, one it calls invalid is refused (Schemathesis checks
+//! both directions against a live server: `scripts/api-conformance`).
+//!
+//! The document's `pattern`s are string literals in the `#[schema]` attributes (utoipa takes
+//! no constants there); the tests below check that the generated document carries exactly the
+//! constants of this module, and that each pattern accepts exactly what its check accepts.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use time::{Date, Month, PrimitiveDateTime, Time, UtcOffset};
+
+use crate::problem::{ApiError, ProblemKind};
+
+/// A field refused: 422 with the field's name first in the detail.
+pub fn invalid(field: &str, error: impl fmt::Display) -> actix_web::Error {
+    ApiError::new(ProblemKind::Unprocessable, format!("{field}: {error}")).into()
+}
+
+/// Names and reasons: at least one character that is not white space, and no control
+/// character anywhere. (Lengths are `maxLength`, in characters, beside it.)
+pub const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$";
+
+/// Free text that may be empty or blank, without control characters (transfer metadata).
+pub const PLAIN_TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// An e-mail address as the API takes it for a new user or member: visible ASCII, one `@`
+/// with something on each side.
+pub const EMAIL_PATTERN: &str = r"^[!-?A-~]+@[!-?A-~]+$";
+pub const EMAIL_MAX_CHARS: usize = 254;
+
+/// A ledger asset code: `CR`, or `TOK.<class>.<cycle>`.
+pub const ASSET_PATTERN: &str =
+    r"^(CR|TOK\.[a-z][a-z0-9]{0,7}\.[A-Za-z0-9]([A-Za-z0-9-]{0,8}[A-Za-z0-9])?)$";
+
+/// An audit action filter.
+pub const AUDIT_ACTION_PATTERN: &str = r"^[a-z0-9_.]{1,64}$";
+
+/// A history page cursor: `<microseconds>_<sequence>`, as `next` gives it.
+pub const HISTORY_CURSOR_PATTERN: &str = r"^[0-9]{1,18}_[0-9]{1,18}$";
+
+/// An audit page cursor: `<microseconds>_<entry id>`, as `next` gives it.
+pub const AUDIT_CURSOR_PATTERN: &str =
+    r"^[0-9]{1,18}_[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$";
+
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[!-~]{1,255}$";
+
+/// Checks [`TEXT_PATTERN`] and a length in characters; answers the text as given (the domain
+/// types trim it).
+pub fn text<'a>(field: &str, raw: &'a str, max_chars: usize) -> Result<&'a str, actix_web::Error> {
+    if raw.chars().count() > max_chars {
+        return Err(invalid(field, format!("at most {max_chars} characters")));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(invalid(field, "no control characters"));
+    }
+    if raw.trim().is_empty() {
+        return Err(invalid(field, "must not be empty or blank"));
+    }
+    Ok(raw)
+}
+
+/// Whether `raw` matches [`PLAIN_TEXT_PATTERN`] and has at most `max_chars` characters.
+pub fn is_plain_text(raw: &str, max_chars: usize) -> bool {
+    raw.chars().count() <= max_chars && !raw.chars().any(char::is_control)
+}
+
+/// Whether `raw` matches [`EMAIL_PATTERN`] and has at most [`EMAIL_MAX_CHARS`] characters.
+pub fn is_email(raw: &str) -> bool {
+    let visible =
+        |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
+    raw.len() <= EMAIL_MAX_CHARS
+        && raw
+            .split_once('@')
+            .is_some_and(|(local, domain)| visible(local) && visible(domain))
+}
+
+/// An e-mail address for a new user or member.
+pub fn email(field: &str, raw: &str) -> Result<credex_store::Email, actix_web::Error> {
+    if !is_email(raw) {
+        return Err(invalid(
+            field,
+            "an e-mail address of visible ASCII characters, one @, at most 254 characters",
+        ));
+    }
+    credex_store::Email::parse(raw).map_err(|error| invalid(field, error))
+}
+
+/// A UUID in the one form JSON Schema's `uuid` format names: 36 characters, hyphenated.
+pub fn uuid(raw: &str) -> Option<uuid::Uuid> {
+    let bytes = raw.as_bytes();
+    let shaped = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    shaped.then(|| uuid::Uuid::parse_str(raw).ok()).flatten()
+}
+
+/// Whether `raw` matches [`ASSET_PATTERN`] (`AssetCode::parse` accepts the same).
+pub fn is_asset(raw: &str) -> bool {
+    credex_ledger::AssetCode::parse(raw).is_ok()
+}
+
+/// Whether `raw` matches [`AUDIT_ACTION_PATTERN`].
+pub fn is_audit_action(raw: &str) -> bool {
+    credex_store::AuditAction::parse(raw).is_ok()
+}
+
+/// 1 to 18 ASCII digits, as a number (never overflows).
+fn digits(raw: &str) -> Option<i64> {
+    ((1..=18).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| raw.parse().ok())
+        .flatten()
+}
+
+/// A history cursor ([`HISTORY_CURSOR_PATTERN`]): microseconds and a sequence number.
+pub fn history_cursor(raw: &str) -> Option<(i64, i64)> {
+    let (at, seq) = raw.split_once('_')?;
+    Some((digits(at)?, digits(seq)?))
+}
+
+/// An audit cursor ([`AUDIT_CURSOR_PATTERN`]): microseconds and an entry id (an RFC 9562 UUID
+/// of version 1 to 8 in lowercase).
+pub fn audit_cursor(raw: &str) -> Option<(i64, uuid::Uuid)> {
+    let (at, id) = raw.split_once('_')?;
+    let at = digits(at)?;
+    let lowercase = id.bytes().all(|b| !b.is_ascii_uppercase());
+    let id = uuid(id).filter(|_| lowercase)?;
+    let versioned =
+        (1..=8).contains(&id.get_version_num()) && id.get_variant() == uuid::Variant::RFC4122;
+    versioned.then_some((at, id))
+}
+
+/// An RFC 3339 `date-time` as JSON Schema's format takes it (`T`/`t`, `Z`/`z`, any number of
+/// fractional digits, a leap second only at 23:59:60 UTC), in microseconds since the epoch;
+/// fractions below a microsecond are dropped, a leap second counts as its last microsecond.
+pub fn date_time(raw: &str) -> Option<i64> {
+    let b = raw.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i32> {
+        let part = b.get(range)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| std::str::from_utf8(part).ok()?.parse().ok())
+            .flatten()
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(at(4, b'-') && at(7, b'-') && (at(10, b'T') || at(10, b't'))) {
+        return None;
+    }
+    if !(at(13, b':') && at(16, b':')) {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let mut rest = b.get(19..)?;
+    let mut micros = 0_u32;
+    if let Some((b'.', fraction)) = rest.split_first() {
+        let count = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if count == 0 {
+            return None;
+        }
+        for (i, digit) in fraction[..count].iter().enumerate() {
+            if i < 6 {
+                micros = micros * 10 + u32::from(digit - b'0');
+            }
+        }
+        for _ in count..6 {
+            micros *= 10;
+        }
+        rest = &fraction[count..];
+    }
+    let offset_minutes = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: &u8, b: &u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i32::from(a - b'0') * 10 + i32::from(b - b'0'))
+            };
+            let (h, m) = (two(h1, h2)?, two(m1, m2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if *sign == b'+' {
+                h * 60 + m
+            } else {
+                -(h * 60 + m)
+            }
+        }
+        _ => return None,
+    };
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let leap = second == 60;
+    if leap && (hour * 60 + minute - offset_minutes).rem_euclid(1_440) != 23 * 60 + 59 {
+        return None;
+    }
+    let month = Month::try_from(u8::try_from(month).ok()?).ok()?;
+    let date = Date::from_calendar_date(year, month, u8::try_from(day).ok()?).ok()?;
+    let (second, micros) = if leap {
+        (59, 999_999)
+    } else {
+        (second, micros)
+    };
+    let time = Time::from_hms_micro(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+        micros,
+    )
+    .ok()?;
+    let offset = UtcOffset::from_whole_seconds(offset_minutes * 60).ok()?;
+    let instant = PrimitiveDateTime::new(date, time).assume_offset(offset);
+    i64::try_from(instant.unix_timestamp_nanos() / 1_000).ok()
+}
+
+/// An instant from a query parameter, or 422 naming it.
+pub fn instant(field: &str, raw: &str) -> Result<credex_ledger::Timestamp, actix_web::Error> {
+    date_time(raw)
+        .map(credex_ledger::Timestamp::from_micros)
+        .ok_or_else(|| invalid(field, "an RFC 3339 date-time, such as 2026-11-26T14:35:05Z"))
+}
+
+/// JSON Schema's `integer` is a number whose value is whole: `3`, `3.0` and `3e0` are all the
+/// integer 3. These deserialize such numbers (and, in query strings, such text) into unsigned
+/// integers; fractions, negatives and values out of range are refused.
+pub mod integer {
+    use super::*;
+
+    /// Whole numbers; with `text`, also their spelling in a query string.
+    #[derive(Clone, Copy)]
+    struct Whole {
+        text: bool,
+    }
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<u64, E> {
+            Ok(value)
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<u64, E> {
+            u64::try_from(value).map_err(|_| E::invalid_value(de::Unexpected::Signed(value), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<u64, E> {
+            let unexpected = || E::invalid_value(de::Unexpected::Float(value), &self);
+            if !value.is_finite() || value.fract() != 0.0 || value.is_sign_negative() {
+                return Err(unexpected());
+            }
+            // A whole, finite, non-negative float prints as its digits.
+            format!("{value:.0}").parse().map_err(|_| unexpected())
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
+            if !self.text {
+                return Err(E::invalid_type(de::Unexpected::Str(text), &self));
+            }
+            if let Ok(value) = text.parse::<u64>() {
+                if text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Ok(value);
+                }
+            }
+            match text.parse::<f64>() {
+                Ok(value)
+                    if text
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b".eE+-".contains(&b)) =>
+                {
+                    self.visit_f64(value)
+                }
+                _ => Err(E::invalid_value(de::Unexpected::Str(text), &self)),
+            }
+        }
+    }
+
+    fn whole<'de, D: Deserializer<'de>>(deserializer: D, text: bool) -> Result<u64, D::Error> {
+        deserializer.deserialize_any(Whole { text })
+    }
+
+    fn narrow<'de, D: Deserializer<'de>, T: TryFrom<u64>>(value: u64) -> Result<T, D::Error> {
+        T::try_from(value).map_err(|_| {
+            de::Error::invalid_value(de::Unexpected::Unsigned(value), &"a smaller integer")
+        })
+    }
+
+    /// A required integer field: `#[serde(deserialize_with = "integer::required")]`.
+    pub fn required<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        narrow::<D, T>(whole(deserializer, false)?)
+    }
+
+    /// An optional integer field (absent or `null`): with `#[serde(default, deserialize_with =
+    /// "integer::optional")]`.
+    pub fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        maybe(deserializer, false)
+    }
+
+    /// An optional integer query parameter: `3`, or a whole number spelled as a float (`3.0`).
+    pub fn optional_in_query<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        maybe(deserializer, true)
+    }
+
+    fn maybe<'de, D, T>(deserializer: D, text: bool) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        struct Maybe(bool);
+        impl<'de> Visitor<'de> for Maybe {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                whole(d, self.0).map(Some)
+            }
+        }
+        deserializer
+            .deserialize_option(Maybe(text))?
+            .map(narrow::<D, T>)
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    use super::*;
+
+    fn matches(pattern: &str, text: &str) -> bool {
+        regex_lite::Regex::new(pattern)
+            .expect("a valid pattern")
+            .is_match(text)
+    }
+
+    /// Characters that sit on the edges of the rules: controls, white space, ASCII, and more.
+    fn tricky() -> impl Strategy<Value = String> {
+        let chars = prop::sample::select(vec![
+            'a',
+            'Z',
+            '0',
+            '9',
+            '-',
+            '_',
+            '.',
+            '@',
+            '!',
+            '~',
+            ' ',
+            '\t',
+            '\n',
+            '\r',
+            '\u{0}',
+            '\u{1f}',
+            '\u{7f}',
+            '\u{85}',
+            '\u{9f}',
+            '\u{a0}',
+            '\u{a1}',
+            '\u{1680}',
+            '\u{2000}',
+            '\u{200a}',
+            '\u{200b}',
+            '\u{2028}',
+            '\u{202f}',
+            '\u{3000}',
+            '\u{feff}',
+            'é',
+            '日',
+            '\u{1f600}',
+            'T',
+            'C',
+            'R',
+            'O',
+            'K',
+            'f',
+        ]);
+        prop::collection::vec(chars, 0..12).prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn text_pattern_and_check_agree(raw in tricky()) {
+            let checked = text("f", &raw, 100).is_ok();
+            prop_assert_eq!(matches(TEXT_PATTERN, &raw), checked, "{:?}", raw);
+        }
+
+        #[test]
+        fn plain_text_pattern_and_check_agree(raw in tricky()) {
+            prop_assert_eq!(matches(PLAIN_TEXT_PATTERN, &raw), is_plain_text(&raw, 100), "{:?}", raw);
+        }
+
+        #[test]
+        fn email_pattern_and_check_agree(raw in tricky()) {
+            prop_assert_eq!(matches(EMAIL_PATTERN, &raw), is_email(&raw), "{:?}", raw);
+            if is_email(&raw) {
+                prop_assert!(email("e", &raw).is_ok(), "{:?}", raw);
+            }
+        }
+
+        #[test]
+        fn asset_pattern_and_parser_agree(raw in "(CR|TOK\\.[a-z0-9A-]{0,10}\\.[a-zA-Z0-9.-]{0,12}|[A-Z.]{0,5})") {
+            prop_assert_eq!(matches(ASSET_PATTERN, &raw), is_asset(&raw), "{:?}", raw);
+        }
+
+        #[test]
+        fn audit_action_pattern_and_parser_agree(raw in "[a-z0-9_.A-Z -]{0,70}") {
+            prop_assert_eq!(matches(AUDIT_ACTION_PATTERN, &raw), is_audit_action(&raw), "{:?}", raw);
+        }
+
+        #[test]
+        fn cursor_patterns_and_parsers_agree(at in "[0-9+-]{0,20}", seq in "[0-9a-f+-]{0,20}", id in any::<u128>(), upper in any::<bool>()) {
+            let history = format!("{at}_{seq}");
+            prop_assert_eq!(matches(HISTORY_CURSOR_PATTERN, &history), history_cursor(&history).is_some(), "{:?}", history);
+            let mut uuid = uuid::Uuid::from_u128(id).to_string();
+            if upper {
+                uuid = uuid.to_uppercase();
+            }
+            let audit = format!("{at}_{uuid}");
+            prop_assert_eq!(matches(AUDIT_CURSOR_PATTERN, &audit), audit_cursor(&audit).is_some(), "{:?}", audit);
+        }
+    }
+
+    #[test]
+    fn cursors_we_hand_out_parse() {
+        assert_eq!(
+            history_cursor("1795651200000000_17"),
+            Some((1_795_651_200_000_000, 17))
+        );
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(audit_cursor(&format!("5_{id}")), Some((5, id)));
+        assert_eq!(audit_cursor(&format!("5_{}", uuid::Uuid::nil())), None);
+        assert_eq!(audit_cursor(&format!("5_{}", uuid::Uuid::max())), None);
+        assert!(matches(IDEMPOTENCY_KEY_PATTERN, "top-up-2026-11-26"));
+        assert!(!matches(IDEMPOTENCY_KEY_PATTERN, "a key"));
+    }
+
+    #[test]
+    fn uuids_are_hyphenated_only() {
+        let id = "0192d1a4-8c3e-7b61-9a0f-2f4b5c6d7e8f";
+        assert!(uuid(id).is_some());
+        assert!(uuid(&id.to_uppercase()).is_some());
+        assert!(uuid("0192d1a48c3e7b619a0f2f4b5c6d7e8f").is_none());
+        assert!(uuid(&format!("urn:uuid:{id}")).is_none());
+        assert!(uuid(&format!("{{{id}}}")).is_none());
+    }
+
+    #[test]
+    fn date_times_as_json_schema_takes_them() {
+        let at = |raw: &str| date_time(raw);
+        assert_eq!(at("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(at("1970-01-01t00:00:01.5z"), Some(1_500_000));
+        assert_eq!(at("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(at("1969-12-31T23:00:00-01:00"), Some(0));
+        assert_eq!(
+            at("2026-11-26T00:00:00.123456789123Z"),
+            Some(1_795_651_200_123_456)
+        );
+        assert_eq!(at("2026-11-26T23:59:60Z"), Some(1_795_737_599_999_999));
+        assert!(at("2026-11-26T00:59:60+01:00").is_some());
+        assert!(at("0000-01-01T00:00:00+23:59").is_some());
+        assert!(at("9999-12-31T23:59:60Z").is_some());
+        assert!(at("2024-02-29T00:00:00Z").is_some());
+        for refused in [
+            "2026-11-26T12:00:60Z",
+            "2026-11-26T23:59:60+01:00",
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T00:00:00+24:00",
+            "2026-11-26T00:00:00+23:60",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-11-26T00:00:00.Z",
+            "2026-11-26T00:00:00Z ",
+            "2026-11-26 00:00:00Z",
+            "2026-11-26T00:00Z",
+            "+2026-11-26T00:00:00Z",
+            "2026-11-26T00:00:00+0100",
+            "0000-00-01T00:00:00Z",
+            "2026-11-26T00:00:61Z",
+            "yesterday",
+            "",
+        ] {
+            assert_eq!(at(refused), None, "{refused}");
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Numbers {
+        #[serde(deserialize_with = "integer::required")]
+        small: u8,
+        #[serde(default, deserialize_with = "integer::optional")]
+        big: Option<u64>,
+    }
+
+    #[test]
+    fn whole_numbers_in_any_spelling() {
+        let parse = |json: &str| serde_json::from_str::<Numbers>(json).map(|n| (n.small, n.big));
+        assert_eq!(parse(r#"{"small": 3}"#).ok(), Some((3, None)));
+        assert_eq!(
+            parse(r#"{"small": 3.0, "big": null}"#).ok(),
+            Some((3, None))
+        );
+        assert_eq!(
+            parse(r#"{"small": 3e0, "big": 1e16}"#).ok(),
+            Some((3, Some(10_000_000_000_000_000)))
+        );
+        assert_eq!(
+            parse(r#"{"small": 0, "big": 18446744073709551615}"#).ok(),
+            Some((0, Some(u64::MAX)))
+        );
+        for refused in [
+            r#"{"small": 3.5}"#,
+            r#"{"small": -1}"#,
+            r#"{"small": 256}"#,
+            r#"{"small": "3"}"#,
+            r#"{"small": 1, "big": 1e20}"#,
+            r#"{"small": 1, "big": -0.0}"#,
+            r#"{"small": null}"#,
+        ] {
+            assert!(parse(refused).is_err(), "{refused}");
+        }
+    }
+}
