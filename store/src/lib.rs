@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod identity;
 mod ledger;
 mod postgres;
+pub mod pricing;
 mod sql;
 mod sqlite;
 
@@ -44,6 +45,10 @@ pub use identity::{
 };
 pub use ledger::Ledger;
 pub use postgres::PostgresStore;
+pub use pricing::{
+    ImportChange, ImportCounts, ModelRecord, ModelSource, PriceRecord, PriceScope, PricingError,
+    PricingStore, PutPrice,
+};
 pub use sqlite::SqliteStore;
 
 /// How many stripes a hot (provider) account's balance is split into.
@@ -205,7 +210,9 @@ pub type JournalTotals = BTreeMap<AccountId, Balance>;
 /// `commit` is the raw write path: callers normally go through [`Ledger`], which coalesces
 /// concurrent requests into few calls (group commit).
 #[async_trait]
-pub trait Store: IdentityStore + IdempotencyStore + Send + Sync + fmt::Debug + 'static {
+pub trait Store:
+    IdentityStore + IdempotencyStore + PricingStore + Send + Sync + fmt::Debug + 'static
+{
     fn backend(&self) -> Backend;
 
     /// The clock that stamps transfers and decides expiry.

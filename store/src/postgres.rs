@@ -59,6 +59,7 @@ impl PostgresStore {
 shared_store!(PostgresStore, sqlx::Postgres, dialect, Backend::Postgres);
 crate::identity::shared_identity!(PostgresStore, sqlx::Postgres, dialect);
 crate::idempotency::shared_idempotency!(PostgresStore);
+crate::pricing::shared_pricing!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;

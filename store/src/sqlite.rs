@@ -57,6 +57,7 @@ impl SqliteStore {
 shared_store!(SqliteStore, sqlx::Sqlite, dialect, Backend::Sqlite);
 crate::identity::shared_identity!(SqliteStore, sqlx::Sqlite, dialect);
 crate::idempotency::shared_idempotency!(SqliteStore);
+crate::pricing::shared_pricing!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()

@@ -7,3 +7,4 @@ mod identity;
 mod ledger_rules;
 mod migrations;
 mod model;
+mod pricing;
