@@ -8,7 +8,7 @@ CREATE TABLE models (
     id             TEXT PRIMARY KEY,                  -- lowercase
     provider       TEXT NOT NULL,
     class          TEXT NOT NULL,
-    context_window INTEGER NOT NULL CHECK (context_window > 0),
+    context_window INTEGER CHECK (context_window > 0),      -- tokens; unknown for some models
     source         TEXT NOT NULL CHECK (source IN ('builtin', 'admin', 'import')),
     created_at     INTEGER NOT NULL
 ) STRICT;

@@ -60,7 +60,8 @@ pub struct ModelRecord {
     pub id: String,
     pub provider: String,
     pub class: String,
-    pub context_window: u64,
+    /// In tokens; some providers do not publish it.
+    pub context_window: Option<u64>,
     pub aliases: Vec<String>,
     pub source: ModelSource,
     pub created_at: Timestamp,
@@ -244,12 +245,15 @@ macro_rules! shared_pricing {
             const MODEL_COLUMNS: &str = "id, provider, class, context_window, source, created_at";
 
             fn model(row: &DbRow, aliases: Vec<String>) -> Result<ModelRecord, PricingError> {
-                let context_window: i64 = row.try_get("context_window")?;
+                let context_window: Option<i64> = row.try_get("context_window")?;
                 Ok(ModelRecord {
                     id: row.try_get("id")?,
                     provider: row.try_get("provider")?,
                     class: row.try_get("class")?,
-                    context_window: u64::try_from(context_window).map_err(StoreError::corrupt)?,
+                    context_window: context_window
+                        .map(u64::try_from)
+                        .transpose()
+                        .map_err(StoreError::corrupt)?,
                     aliases,
                     source: ModelSource::parse(&row.try_get::<String, _>("source")?)?,
                     created_at: Timestamp::from_micros(row.try_get("created_at")?),
@@ -334,8 +338,11 @@ macro_rules! shared_pricing {
                 for price in prices {
                     check_price(price)?;
                 }
-                let context_window =
-                    i64::try_from(model.context_window).map_err(StoreError::corrupt)?;
+                let context_window = model
+                    .context_window
+                    .map(i64::try_from)
+                    .transpose()
+                    .map_err(StoreError::corrupt)?;
                 sqlx::query(
                     "INSERT INTO models (id, provider, class, context_window, source, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",

@@ -19,7 +19,7 @@ fn model(id: &str, aliases: &[&str]) -> ModelRecord {
         id: id.to_owned(),
         provider: "openai".to_owned(),
         class: "pro".to_owned(),
-        context_window: 128_000,
+        context_window: Some(128_000),
         aliases: aliases.iter().map(|&a| a.to_owned()).collect(),
         source: ModelSource::Admin,
         created_at: T0,
