@@ -58,6 +58,7 @@ shared_store!(SqliteStore, sqlx::Sqlite, dialect, Backend::Sqlite);
 crate::identity::shared_identity!(SqliteStore, sqlx::Sqlite, dialect);
 crate::idempotency::shared_idempotency!(SqliteStore);
 crate::pricing::shared_pricing!(SqliteStore, sqlx::Sqlite, dialect);
+crate::cycles::shared_cycles!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()
@@ -90,14 +91,36 @@ mod dialect {
     pub async fn begin_write(
         pool: &SqlitePool,
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        pool.begin_with("BEGIN IMMEDIATE").await
+        begin_on_a_clean_connection(pool, "BEGIN IMMEDIATE").await
     }
 
     /// In WAL mode a read transaction sees one snapshot from its first read on.
     pub async fn begin_snapshot(
         pool: &SqlitePool,
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        pool.begin_with("BEGIN DEFERRED").await
+        begin_on_a_clean_connection(pool, "BEGIN DEFERRED").await
+    }
+
+    /// Begins a transaction on a pooled connection that sqlx counts as outside any
+    /// transaction. A request cut off while its transaction was open (a client that hangs up
+    /// drops the handler's future) can leave a pooled connection whose count says otherwise,
+    /// and on such a connection every `BEGIN IMMEDIATE` fails; it is closed instead of
+    /// reused (closing it ends whatever it still held).
+    async fn begin_on_a_clean_connection(
+        pool: &SqlitePool,
+        statement: &'static str,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        use sqlx::Connection;
+        for _ in 0..8 {
+            let mut conn = pool.acquire().await?;
+            if conn.is_in_transaction() {
+                tracing::warn!("closing a SQLite connection left inside a transaction");
+                conn.close_on_drop();
+                continue;
+            }
+            return Transaction::begin(conn, Some(statement.into())).await;
+        }
+        Err(sqlx::Error::InvalidSavePointStatement)
     }
 
     /// `column` is one of the UUIDs bound as `$1` (a JSON array of hex strings).
