@@ -7,16 +7,20 @@
 //! few statements whose dialects differ (bulk reads and writes, row locks) and its reading of
 //! errors.
 //!
-//! Lock order, everywhere: pending transfers (by id), then assets (shared; advisory locks on
+//! Lock order, everywhere: a market's row (market writes only, [`market`]), then that market's
+//! listing rows, then pending transfers (by id), then assets (shared; advisory locks on
 //! PostgreSQL), then balance stripes (by account id and slot). A cycle close takes its asset
-//! alone, exclusively.
+//! alone, exclusively. A market write runs its ledger chain inside its own transaction
+//! (`apply_in` in [`sql`]), so its rows and its transfers commit or roll back together.
 
 mod beancount;
 mod check;
+pub mod cycles;
 mod group_commit;
 pub mod idempotency;
 pub mod identity;
 mod ledger;
+pub mod market;
 mod postgres;
 pub mod pricing;
 mod sql;
@@ -35,6 +39,7 @@ use serde::Serialize;
 
 pub use beancount::{export_beancount, ExportSummary};
 pub use check::{CheckReport, Discrepancy};
+pub use cycles::{Allotment, ClassRecord, CycleError, CycleRecord, CycleStore, Put};
 pub use group_commit::GroupCommitConfig;
 pub use idempotency::{Begin, IdempotencyStore};
 pub use identity::{
@@ -44,10 +49,15 @@ pub use identity::{
     Scopes, TokenFamilyId, TokenHash, User, UserId, VerificationLevel,
 };
 pub use ledger::Ledger;
+pub use market::{
+    BuybackRecord, FillFeePayer, FillRecord, ListingChange, ListingRecord, ListingState,
+    MarketDecision, MarketReads, MarketRecord, MarketStep, MarketStore, MarketTxOutcome,
+    MarketView, MarketWrite, NewListing, OrderRecord, SellUsage, SettingsChange,
+};
 pub use postgres::PostgresStore;
 pub use pricing::{
-    ImportChange, ImportCounts, ModelRecord, ModelSource, PriceRecord, PriceScope, PricingError,
-    PricingStore, PutPrice,
+    ImportChange, ImportCounts, ModelFilter, ModelPrices, ModelRecord, ModelSource, PriceRecord,
+    PriceScope, PricingError, PricingStore, PutPrice,
 };
 pub use sqlite::SqliteStore;
 
@@ -211,7 +221,15 @@ pub type JournalTotals = BTreeMap<AccountId, Balance>;
 /// concurrent requests into few calls (group commit).
 #[async_trait]
 pub trait Store:
-    IdentityStore + IdempotencyStore + PricingStore + Send + Sync + fmt::Debug + 'static
+    IdentityStore
+    + IdempotencyStore
+    + PricingStore
+    + CycleStore
+    + MarketStore
+    + Send
+    + Sync
+    + fmt::Debug
+    + 'static
 {
     fn backend(&self) -> Backend;
 

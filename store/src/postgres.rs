@@ -60,6 +60,8 @@ shared_store!(PostgresStore, sqlx::Postgres, dialect, Backend::Postgres);
 crate::identity::shared_identity!(PostgresStore, sqlx::Postgres, dialect);
 crate::idempotency::shared_idempotency!(PostgresStore);
 crate::pricing::shared_pricing!(PostgresStore, sqlx::Postgres, dialect);
+crate::cycles::shared_cycles!(PostgresStore, sqlx::Postgres, dialect);
+crate::market::shared_market!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;

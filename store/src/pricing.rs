@@ -86,6 +86,24 @@ pub enum PriceScope {
     Org(OrgId),
 }
 
+/// Which models a page holds: every model, or only those of one provider and/or one class
+/// (exact, lowercase names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelFilter {
+    pub provider: Option<String>,
+    pub class: Option<String>,
+}
+
+/// A model with its schedules, as [`PricingStore::model_for_pricing`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPrices {
+    /// Without its aliases.
+    pub model: ModelRecord,
+    pub catalog: Vec<PriceRecord>,
+    /// The org's custom schedule; empty without an org.
+    pub org: Vec<PriceRecord>,
+}
+
 /// What [`PricingStore::put_price`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutPrice {
@@ -166,15 +184,25 @@ pub trait PricingStore: Send + Sync {
         audit: &AuditEntry,
     ) -> Result<(), PricingError>;
 
-    /// A page of models in id order, after `after`.
+    /// A page of the models that pass `filter`, in id order, after `after`.
     async fn models_page(
         &self,
         after: Option<&str>,
         limit: u32,
+        filter: &ModelFilter,
     ) -> Result<Vec<ModelRecord>, PricingError>;
 
     /// The model with this id or alias (lowercase).
     async fn find_model(&self, name: &str) -> Result<Option<ModelRecord>, PricingError>;
+
+    /// What pricing a call needs, in one statement: the model with this id or alias
+    /// (lowercase; its `aliases` left empty), its catalog schedule and, for `org`, the org's
+    /// custom schedule, each oldest first.
+    async fn model_for_pricing(
+        &self,
+        name: &str,
+        org: Option<OrgId>,
+    ) -> Result<Option<ModelPrices>, PricingError>;
 
     /// A model's price schedule, oldest first.
     async fn prices(
@@ -228,8 +256,9 @@ macro_rules! shared_pricing {
             use super::$store;
             use crate::identity::{AuditEntry, UserId};
             use crate::pricing::{
-                ImportChange, ImportCounts, ModelRecord, ModelSource, PriceRecord, PriceScope,
-                PricingError, PricingStore, PutPrice, IMPORT_MAX_MODELS, PRICE_JSON_MAX_BYTES,
+                ImportChange, ImportCounts, ModelFilter, ModelPrices, ModelRecord, ModelSource,
+                PriceRecord, PriceScope, PricingError, PricingStore, PutPrice, IMPORT_MAX_MODELS,
+                PRICE_JSON_MAX_BYTES,
             };
             use crate::sql::{backoff, MAX_ATTEMPTS};
             use crate::StoreError;
@@ -534,14 +563,21 @@ macro_rules! shared_pricing {
                     &self,
                     after: Option<&str>,
                     limit: u32,
+                    filter: &ModelFilter,
                 ) -> Result<Vec<ModelRecord>, PricingError> {
                     let mut conn = self.pool.acquire().await?;
+                    // An empty filter value matches every model (no model has an empty
+                    // provider or class).
                     let sql = format!(
-                        "SELECT {MODEL_COLUMNS} FROM models WHERE id > $1 ORDER BY id LIMIT $2"
+                        "SELECT {MODEL_COLUMNS} FROM models WHERE id > $1 \
+                         AND ($3 = '' OR provider = $3) AND ($4 = '' OR class = $4) \
+                         ORDER BY id LIMIT $2"
                     );
                     let rows = sqlx::query(&sql)
                         .bind(after.unwrap_or(""))
                         .bind(i64::from(limit))
+                        .bind(filter.provider.as_deref().unwrap_or(""))
+                        .bind(filter.class.as_deref().unwrap_or(""))
                         .fetch_all(&mut *conn)
                         .await?;
                     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -553,6 +589,8 @@ macro_rules! shared_pricing {
                     rows.iter()
                         .map(|row| {
                             let id: String = row.try_get("id")?;
+                            // Aliases of models between this page's that the filter left out.
+                            while aliases.next_if(|(model, _)| *model < id).is_some() {}
                             let mut own = Vec::new();
                             while let Some((_, alias)) = aliases.next_if(|(model, _)| *model == id) {
                                 own.push(alias);
@@ -575,6 +613,57 @@ macro_rules! shared_pricing {
                     let id: String = row.try_get("id")?;
                     let aliases = aliases_between(&mut conn, &id, &id).await?;
                     model(&row, aliases.into_iter().map(|(_, alias)| alias).collect()).map(Some)
+                }
+
+                async fn model_for_pricing(
+                    &self,
+                    name: &str,
+                    org: Option<OrgId>,
+                ) -> Result<Option<ModelPrices>, PricingError> {
+                    // One row per price (`scope` 0: the catalog's, 1: the org's), or one row
+                    // with no price for a model without any.
+                    let sql = format!(
+                        "SELECT m.id, m.provider, m.class, m.context_window, m.source, \
+                         m.created_at, p.scope, p.effective_from, p.price, p.recorded_at, \
+                         p.recorded_by \
+                         FROM models m LEFT JOIN ( \
+                           SELECT model_id, 0 AS scope, effective_from, price, recorded_at, \
+                                  recorded_by FROM model_prices \
+                           UNION ALL \
+                           SELECT model_id, 1 AS scope, effective_from, price, recorded_at, \
+                                  recorded_by FROM org_model_prices WHERE org_id = $2 \
+                         ) p ON p.model_id = m.id \
+                         WHERE m.id = (SELECT id FROM models WHERE id = $1 \
+                                       UNION ALL \
+                                       SELECT model_id FROM model_aliases WHERE alias = $1 \
+                                       LIMIT 1) \
+                         ORDER BY p.scope, p.effective_from"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(name)
+                        .bind(org.map(OrgId::as_uuid))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let Some(first) = rows.first() else {
+                        return Ok(None);
+                    };
+                    let mut found = ModelPrices {
+                        model: model(first, Vec::new())?,
+                        catalog: Vec::new(),
+                        org: Vec::new(),
+                    };
+                    for row in &rows {
+                        let scope: Option<i32> = row.try_get("scope")?;
+                        match scope {
+                            None => {}
+                            Some(0) => found.catalog.push(price(row)?),
+                            Some(1) => found.org.push(price(row)?),
+                            Some(other) => {
+                                return Err(StoreError::corrupt(format!("price scope {other}")).into())
+                            }
+                        }
+                    }
+                    Ok(Some(found))
                 }
 
                 async fn prices(

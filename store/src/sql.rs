@@ -621,37 +621,56 @@ macro_rules! shared_store {
                     Ok(found)
                 }
 
-                /// One attempt at a batch: load and lock, decide, write, commit.
-                ///
-                /// `Mode::Whole` reads every touched balance whole, so the engine can bound
-                /// every total exactly (used when a blind update ran out of range).
-                /// `Mode::Speculative` decides once on unlocked reads and writes the journal
-                /// rows before taking the balance locks, then decides again under the locks and
-                /// commits only if both decisions agree: the locks are then held only for the
-                /// balance updates, so concurrent transactions wait on each other for less.
+                /// One attempt at a batch: its own transaction around [`Self::apply_in`], committed.
                 async fn commit_once(
                     &self,
                     requests: &[Vec<Transfer>],
                     mode: Mode,
                 ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
-                    let needs = Requirements::of(requests);
                     let mut tx = dialect::begin_write(&self.pool).await?;
                     let now = self.clock.now();
+                    let results = self.apply_in(&mut tx, requests, mode, now).await?;
+                    tx.commit().await?;
+                    Ok(results)
+                }
+
+                /// The body of a batch inside the caller's transaction, which it leaves open:
+                /// load and lock, decide, write. Nothing is committed; the caller commits (or
+                /// rolls back) the transaction with whatever else it wrote, so a feature's
+                /// rows (a market's fills, say) commit atomically with their transfers. The
+                /// caller's own locks come before these in the global lock order.
+                ///
+                /// `Mode::Whole` reads every touched balance whole, so the engine can bound
+                /// every total exactly (used when a blind update ran out of range).
+                /// `Mode::Speculative` decides once on unlocked reads and writes the journal
+                /// rows before taking the balance locks, then decides again under the locks and
+                /// fails with `SpeculationMissed` unless both decisions agree: the locks are then
+                /// held only for the balance updates, so concurrent transactions wait on each
+                /// other for less. A caller with rows of its own passes `Mode::Locked` (or
+                /// `Mode::Whole` when retrying an out-of-range update).
+                pub(crate) async fn apply_in(
+                    &self,
+                    conn: &mut Connection,
+                    requests: &[Vec<Transfer>],
+                    mode: Mode,
+                    now: Timestamp,
+                ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
+                    let needs = Requirements::of(requests);
                     let pending_ids = uuids(needs.pending_ids.iter().copied());
-                    let pendings = lock_pendings(&mut tx, &pending_ids).await?;
+                    let pendings = lock_pendings(&mut *conn, &pending_ids).await?;
 
                     let mut account_ids = needs.account_ids;
                     for pending in &pendings {
                         account_ids.insert(pending.debit_account_id);
                         account_ids.insert(pending.credit_account_id);
                     }
-                    let accounts = self.load_accounts(&mut tx, &account_ids).await?;
+                    let accounts = self.load_accounts(&mut *conn, &account_ids).await?;
                     let codes: BTreeSet<String> = accounts
                         .values()
                         .map(|cached| cached.account.asset().to_string())
                         .collect();
                     let codes: Vec<String> = codes.into_iter().collect();
-                    let assets = share_assets(&mut tx, &codes).await?;
+                    let assets = share_assets(&mut *conn, &codes).await?;
 
                     let whole = if mode == Mode::Whole {
                         accounts.keys().copied().collect()
@@ -687,28 +706,28 @@ macro_rules! shared_store {
                     let mut recheck = uuids(needs.transfer_ids.iter().copied());
                     let mut written = Vec::new();
                     if mode == Mode::Speculative {
-                        let balances = read_balances(&mut tx, &whole).await?;
-                        let committed = fetch_entries(&mut tx, &recheck).await?;
-                        let failed = fetch_failures(&mut tx, &recheck).await?;
+                        let balances = read_balances(&mut *conn, &whole).await?;
+                        let committed = fetch_entries(&mut *conn, &recheck).await?;
+                        let failed = fetch_failures(&mut *conn, &recheck).await?;
                         let guess = engine::apply(input(&balances, committed, failed), requests)?;
-                        dialect::insert_transfers(&mut tx, &guess.inserts).await?;
+                        dialect::insert_transfers(&mut *conn, &guess.inserts).await?;
                         let ids: HashSet<Uuid> =
                             guess.inserts.iter().map(|r| r.id.as_uuid()).collect();
                         recheck.retain(|id| !ids.contains(id));
                         written = guess.inserts;
                     }
 
-                    let locked = lock_accounts(&mut tx, &accounts, &whole).await?;
+                    let locked = lock_accounts(&mut *conn, &accounts, &whole).await?;
                     // Only now, under the locks: a transaction that carried the same transfer
                     // and held these rows has committed, and each statement of READ COMMITTED
                     // sees it, so a concurrent duplicate is answered `exists`. (A transfer
                     // written speculatively needs no second look: had another transaction
                     // committed its id, the insert would have failed on the unique key.)
-                    let committed = fetch_entries(&mut tx, &recheck).await?;
+                    let committed = fetch_entries(&mut *conn, &recheck).await?;
                     let failed = if recheck.is_empty() {
                         HashMap::new()
                     } else {
-                        fetch_failures(&mut tx, &recheck).await?
+                        fetch_failures(&mut *conn, &recheck).await?
                     };
                     let outcome = engine::apply(input(&locked.balances, committed, failed), requests)?;
 
@@ -717,14 +736,13 @@ macro_rules! shared_store {
                             return Err(StoreError::SpeculationMissed);
                         }
                     } else {
-                        dialect::insert_transfers(&mut tx, &outcome.inserts).await?;
+                        dialect::insert_transfers(&mut *conn, &outcome.inserts).await?;
                     }
-                    dialect::insert_pendings(&mut tx, &outcome.pending_inserts).await?;
-                    dialect::update_pendings(&mut tx, &outcome.pending_updates).await?;
-                    dialect::insert_failures(&mut tx, &outcome.failures, now).await?;
+                    dialect::insert_pendings(&mut *conn, &outcome.pending_inserts).await?;
+                    dialect::update_pendings(&mut *conn, &outcome.pending_updates).await?;
+                    dialect::insert_failures(&mut *conn, &outcome.failures, now).await?;
                     let changes = stripe_changes(&outcome.deltas, &locked)?;
-                    dialect::apply_deltas(&mut tx, &changes).await?;
-                    tx.commit().await?;
+                    dialect::apply_deltas(&mut *conn, &changes).await?;
                     Ok(outcome.results)
                 }
 
@@ -777,7 +795,7 @@ macro_rules! shared_store {
                 /// in `mode`. A missed speculation runs again with locks first; a blind
                 /// balance update that ran out of a stripe's range runs again in whole mode,
                 /// which bounds every total and rebalances stripes.
-                async fn retrying<T, F, Fut>(&self, mut mode: Mode, attempt: F) -> Result<T, StoreError>
+                pub(crate) async fn retrying<T, F, Fut>(&self, mut mode: Mode, attempt: F) -> Result<T, StoreError>
                 where
                     F: Fn(Mode) -> Fut,
                     Fut: std::future::Future<Output = Result<T, StoreError>>,

@@ -59,6 +59,7 @@ crate::identity::shared_identity!(SqliteStore, sqlx::Sqlite, dialect);
 crate::idempotency::shared_idempotency!(SqliteStore);
 crate::pricing::shared_pricing!(SqliteStore, sqlx::Sqlite, dialect);
 crate::cycles::shared_cycles!(SqliteStore, sqlx::Sqlite, dialect);
+crate::market::shared_market!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use credex_ledger::{ManualClock, Timestamp};
 use credex_store::{
-    AuditAction, AuditEntry, AuditFilter, ImportChange, ModelRecord, ModelSource, OrgName, Plan,
-    PriceRecord, PriceScope, PricingError, PutPrice, Store,
+    AuditAction, AuditEntry, AuditFilter, ImportChange, ModelFilter, ModelRecord, ModelSource,
+    OrgName, Plan, PriceRecord, PriceScope, PricingError, PutPrice, Store,
 };
 use credex_tests::{on_both_backends, TestDb};
 
@@ -202,6 +202,41 @@ async fn prices_in_force_never_change(db: &TestDb) {
         put(price(later, "0.5"), PriceScope::Org(other)).await,
         Err(PricingError::NoSuchOrg)
     ));
+
+    // What pricing a call reads, in one statement: by id or alias, with the org's schedule.
+    store
+        .add_model(&model("bare", &["bare-latest"]), &[], &audit("models.add"))
+        .await
+        .expect("a model without prices");
+    let froms = |records: &[PriceRecord]| -> Vec<Timestamp> {
+        records.iter().map(|p| p.effective_from).collect()
+    };
+    let found = store
+        .model_for_pricing("m", Some(org.id))
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(found.model.id, "m");
+    assert_eq!(froms(&found.catalog), vec![T0, now, later]);
+    assert_eq!(found.org, own);
+    let catalog_only = store
+        .model_for_pricing("m", None)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(catalog_only.catalog, found.catalog);
+    assert!(catalog_only.org.is_empty());
+    let bare = store
+        .model_for_pricing("bare-latest", Some(org.id))
+        .await
+        .expect("read")
+        .expect("found by alias");
+    assert_eq!(bare.model.id, "bare");
+    assert!(bare.catalog.is_empty() && bare.org.is_empty());
+    assert_eq!(
+        store.model_for_pricing("nope", None).await.expect("read"),
+        None
+    );
 }
 
 async fn seeding_is_idempotent_and_imports_skip_what_exists(db: &TestDb) {
@@ -211,6 +246,9 @@ async fn seeding_is_idempotent_and_imports_skip_what_exists(db: &TestDb) {
         .map(|i| {
             let mut m = model(&format!("model-{i:02}"), &[&format!("alias-{i:02}")]);
             m.source = ModelSource::Builtin;
+            if i % 3 == 0 {
+                m.provider = "anthropic".to_owned();
+            }
             (m, vec![price(T0, "1")])
         })
         .collect();
@@ -218,16 +256,38 @@ async fn seeding_is_idempotent_and_imports_skip_what_exists(db: &TestDb) {
     assert_eq!(store.seed_models(&seed).await.expect("seed again"), 0);
 
     // Pages in id order.
-    let first = store.models_page(None, 20).await.expect("page");
+    let all = ModelFilter::default();
+    let first = store.models_page(None, 20, &all).await.expect("page");
     assert_eq!(first.len(), 20);
     let rest = store
-        .models_page(Some(&first[19].id), 20)
+        .models_page(Some(&first[19].id), 20, &all)
         .await
         .expect("page");
     assert_eq!(rest.len(), 10);
     assert_eq!(rest[0].id, "model-20");
     assert_eq!(rest[0].aliases, vec!["alias-20".to_owned()]);
     assert_eq!(rest[0].source, ModelSource::Builtin);
+    // Filtered pages: only the provider's models, each with its own aliases.
+    let anthropic = ModelFilter {
+        provider: Some("anthropic".to_owned()),
+        class: None,
+    };
+    let filtered = store
+        .models_page(Some("model-02"), 3, &anthropic)
+        .await
+        .expect("page");
+    let ids: Vec<&str> = filtered.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["model-03", "model-06", "model-09"]);
+    assert_eq!(filtered[1].aliases, vec!["alias-06".to_owned()]);
+    let no_class = ModelFilter {
+        provider: None,
+        class: Some("max".to_owned()),
+    };
+    assert!(store
+        .models_page(None, 10, &no_class)
+        .await
+        .expect("page")
+        .is_empty());
     let between = store
         .catalog_prices_between("model-05", "model-07")
         .await
