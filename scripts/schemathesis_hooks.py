@@ -10,15 +10,32 @@ relate two values rather than constrain one:
 - In a raw transfer batch (`POST /v1/admin/transfers`), a movement's `credit_account_id` is not
   its `debit_account_id`, and a `post` or `void` names another transfer than itself as
   `pending_id` (422 otherwise, documented). Hypothesis likes to draw the same value twice.
+- A price takes effect now or later (`effective_from` of the price and import operations; 422
+  for a past instant, documented): past costs never change. The rule relates the value to the
+  server's clock. Likewise a cost preview's `at` must fall where the model has a price (422
+  otherwise, documented): the built-in models' prices start in the past, and a model added by
+  the run (or imported) has no price before its first one takes effect.
+- A price's long-context tiers start above different numbers of prompt tokens (422 otherwise).
+- A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
+  otherwise); a user (not an API key) names the org it previews for (422 otherwise).
 
 Without help, the positive-data check would count those documented 422s as valid requests
 refused. So before each call, and only where the generated value already fits its schema:
 a well-formed key is replaced by a fresh well-formed one, and a second id equal to the first is
-replaced by a fresh UUID. Values that do not fit their schema, and missing ones, are left as
-generated, so every negative case still runs. No check is disabled, no failure filtered.
+replaced by a fresh UUID; a well-formed instant in the past (or past 9999) becomes one in the
+future, except that a new model's first price and an import take effect at once (the instant is
+dropped, which means now), so that every model has a price from its creation on; a tier threshold equal to an earlier one moves to a free number; a cached-token count is
+lowered to what the prompt surely has (1 token for non-empty text, 3 + 3 per message for chat);
+a preview without `org_id` names the run's org (CREDEX_CONFORMANCE_ORG). Values that do not fit
+their schema, and missing ones, are left as generated, so every negative case still runs. No
+check is disabled, no failure filtered.
 """
 
+import datetime
+import os
+import random
 import re
+import time
 import uuid
 
 import schemathesis
@@ -51,8 +68,139 @@ def _distinct_ids(body):
             transfer["pending_id"] = str(uuid.uuid4())
 
 
+DATE_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+EPOCH = datetime.date(1970, 1, 1).toordinal()
+LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
+PRICE_TIERS_MAX_THRESHOLD = 100_000_000
+
+
+def _seconds(value, dates=True):
+    """Seconds since the epoch (UTC) of an RFC 3339 date-time (or, with `dates`, a date); None
+    if not one."""
+    if not isinstance(value, str):
+        return None
+    match = DATE_TIME.fullmatch(value)
+    if match:
+        year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+        offset = match.group(7)
+    else:
+        match = DATE.fullmatch(value) if dates else None
+        if not match:
+            return None
+        year, month, day = (int(part) for part in match.groups())
+        hour = minute = second = 0
+        offset = "Z"
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    try:
+        # Year 0 is a leap year of the proleptic calendar, as 2000 is; it is long past anyway.
+        date = datetime.date(year or 2000, month, day)
+    except ValueError:
+        return None
+    if offset in ("Z", "z"):
+        shift = 0
+    else:
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            return None
+        shift = (hours * 60 + minutes) * 60 * (1 if offset[0] == "+" else -1)
+    if second == 60 and (hour * 3_600 + minute * 60 - shift) % 86_400 != 86_340:
+        return None  # a leap second only at 23:59:60 UTC
+    if year == 0:
+        return -(10**12)
+    days = date.toordinal() - EPOCH
+    return days * 86_400 + hour * 3_600 + minute * 60 + min(second, 59) - shift
+
+
+def _future_instant():
+    at = time.time() + random.randint(120, 3 * 365 * 86_400)
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _not_in_the_past(container, key, dates=True):
+    """An instant under `key` that is well formed but past (or past 9999) becomes a future one."""
+    if not isinstance(container, dict):
+        return
+    seconds = _seconds(container.get(key), dates)
+    if seconds is not None and not (time.time() + 60 < seconds <= LAST_SECOND):
+        container[key] = _future_instant()
+
+
+def _at_once(container, key="effective_from"):
+    """A well-formed instant under `key` is dropped: the price takes effect now."""
+    if isinstance(container, dict) and _seconds(container.get(key)) is not None:
+        del container[key]
+
+
+def _whole(value):
+    """A JSON Schema integer (`3`, or a float with no fraction such as `3.0`) as an int."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _distinct_thresholds(price):
+    tiers = price.get("tiers") if isinstance(price, dict) else None
+    if not isinstance(tiers, list):
+        return
+    thresholds = [_whole(tier.get("above_prompt_tokens")) if isinstance(tier, dict) else None for tier in tiers]
+    if not all(t is not None and 1 <= t <= PRICE_TIERS_MAX_THRESHOLD for t in thresholds):
+        return
+    seen = set()
+    for tier, threshold in zip(tiers, thresholds):
+        if threshold in seen:
+            while threshold in seen:
+                threshold = random.randint(1, PRICE_TIERS_MAX_THRESHOLD)
+            tier["above_prompt_tokens"] = threshold
+        seen.add(threshold)
+
+
+def _fit_preview(body):
+    if not isinstance(body, dict):
+        return
+    if body.get("org_id") is None and os.environ.get("CREDEX_CONFORMANCE_ORG"):
+        body["org_id"] = os.environ["CREDEX_CONFORMANCE_ORG"]
+    _not_in_the_past(body, "at", dates=False)
+    cached = _whole(body.get("cached_input_tokens"))
+    if cached is None or cached < 0:
+        return
+    prompt, messages = body.get("prompt"), body.get("messages")
+    if isinstance(prompt, str) and messages is None:
+        surely = 1 if prompt else 0
+    elif isinstance(messages, list) and "prompt" not in body:
+        surely = 3 + 3 * len(messages)
+    else:
+        return
+    body["cached_input_tokens"] = min(cached, surely)
+
+
+PRICE_PATHS = (
+    "/v1/admin/models/{model_id}/prices",
+    "/v1/admin/orgs/{org_id}/models/{model_id}/prices",
+)
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     _fresh_key(case.headers)
-    if case.method.upper() == "POST" and case.path == "/v1/admin/transfers":
+    if case.method.upper() != "POST":
+        return
+    if case.path == "/v1/admin/transfers":
         _distinct_ids(case.body)
+    elif case.path == "/v1/admin/models" and isinstance(case.body, dict):
+        _at_once(case.body.get("price"))
+        _distinct_thresholds(case.body.get("price"))
+    elif case.path in PRICE_PATHS:
+        _not_in_the_past(case.body, "effective_from")
+        _distinct_thresholds(case.body)
+    elif case.path == "/v1/admin/prices/import":
+        _at_once(case.query)
+    elif case.path == "/v1/estimate":
+        _fit_preview(case.body)

@@ -22,6 +22,8 @@ use credex_ledger::{
 use credex_store::{GroupCommitConfig, Ledger, SystemClock};
 use sqlx::Connection;
 
+pub mod estimate;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
     Sqlite,

@@ -7,6 +7,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use credex_pricing::CrFaceValue;
+use rust_decimal::Decimal;
 use serde::Deserialize;
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
@@ -16,7 +18,7 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
     /// A TOML file with any of: bind, data_dir, database_url, admin_email, admin_password,
-    /// jwt_secret, jwt_previous_secrets.
+    /// jwt_secret, jwt_previous_secrets, cr_face_value_usd.
     #[arg(long = "config", env = "CREDEX_CONFIG")]
     pub config_file: Option<PathBuf>,
 
@@ -56,6 +58,11 @@ pub struct ConfigArgs {
         value_delimiter = ','
     )]
     pub jwt_previous_secrets: Vec<String>,
+
+    /// What one CR is worth in USD, a decimal such as `1` or `0.01` (more than 0, at most
+    /// 1000000, at most 6 decimal places) [default: 1].
+    #[arg(long, env = "CREDEX_CR_FACE_VALUE_USD")]
+    pub cr_face_value_usd: Option<String>,
 }
 
 /// The keys a configuration file may hold; any other key is an error, not a silent no-op.
@@ -70,6 +77,8 @@ struct FileConfig {
     jwt_secret: Option<String>,
     #[serde(default)]
     jwt_previous_secrets: Vec<String>,
+    /// A decimal in a string (`"1"`, `"0.01"`): never a TOML float.
+    cr_face_value_usd: Option<String>,
 }
 
 /// A value that must not reach logs.
@@ -102,6 +111,8 @@ pub struct Config {
     pub admin_password: Option<Secret>,
     pub jwt_secret: Option<Secret>,
     pub jwt_previous_secrets: Vec<Secret>,
+    /// What one CR is worth in USD (1 by default).
+    pub cr_face_value: CrFaceValue,
 }
 
 impl Config {
@@ -132,6 +143,10 @@ impl Config {
             .into_iter()
             .map(Secret)
             .collect(),
+            cr_face_value: match args.cr_face_value_usd.or(file.cr_face_value_usd) {
+                Some(text) => face_value(&text)?,
+                None => CrFaceValue::ONE_USD,
+            },
         })
     }
 
@@ -145,6 +160,7 @@ impl Config {
             admin_password: None,
             jwt_secret: None,
             jwt_previous_secrets: Vec::new(),
+            cr_face_value: CrFaceValue::ONE_USD,
         }
     }
 
@@ -166,6 +182,27 @@ impl Config {
             self.data_dir.join("credex.db").display()
         ))
     }
+}
+
+/// A CR's face value in USD from its decimal text: plain digits with an optional fraction (no
+/// sign, no exponent), more than 0, at most 1,000,000, at most 6 decimal places.
+fn face_value(text: &str) -> anyhow::Result<CrFaceValue> {
+    let plain = text
+        .split_once('.')
+        .map_or(!text.is_empty(), |(whole, fraction)| {
+            !whole.is_empty() && !fraction.is_empty() && !fraction.contains('.')
+        })
+        && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let value = plain
+        .then(|| text.parse::<Decimal>().ok())
+        .flatten()
+        .and_then(|usd| CrFaceValue::new(usd).ok());
+    value.with_context(|| {
+        format!(
+            "cr_face_value_usd {text:?}: a decimal such as 1 or 0.01, more than 0, at most \
+             1000000, at most 6 decimal places"
+        )
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -248,6 +285,39 @@ mod tests {
         .expect("options over the file");
         assert_eq!(overridden.bind, "127.0.0.1:7000");
         assert_eq!(overridden.data_dir, Path::new("/var/lib/credex"));
+    }
+
+    #[test]
+    fn the_face_value_of_a_cr_is_a_bounded_decimal() {
+        let load = |value: &str| {
+            Config::load(ConfigArgs {
+                cr_face_value_usd: Some(value.to_owned()),
+                ..ConfigArgs::default()
+            })
+            .map(|config| config.cr_face_value.usd_per_cr().to_string())
+        };
+        assert_eq!(
+            Config::load(ConfigArgs::default())
+                .expect("defaults")
+                .cr_face_value,
+            CrFaceValue::ONE_USD
+        );
+        assert_eq!(load("0.01").expect("a cent"), "0.01");
+        assert_eq!(load("2.50").expect("2.5 USD"), "2.5");
+        for refused in [
+            "",
+            "0",
+            "-1",
+            "1e2",
+            "0.0000001",
+            "1000001",
+            ".5",
+            "5.",
+            "1.2.3",
+            " 1",
+        ] {
+            assert!(load(refused).is_err(), "{refused:?}");
+        }
     }
 
     #[test]

@@ -48,6 +48,21 @@ pub const AUDIT_CURSOR_PATTERN: &str =
 /// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
 pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[!-~]{1,255}$";
 
+/// A model id or alias (`credex_pricing::ModelId`): 1 to 128 ASCII letters, digits and
+/// `-._:/@+`, starting and ending with a letter or digit; case-insensitive.
+pub const MODEL_ID_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9._:/@+-]{0,126}[A-Za-z0-9])?$";
+
+/// A provider (`credex_pricing::Provider`): a letter, then up to 39 letters, digits, `_`, `-`.
+pub const PROVIDER_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]{0,39}$";
+
+/// A model class (`credex_pricing::ModelClass`): a lowercase letter, then up to 7 lowercase
+/// letters or digits.
+pub const MODEL_CLASS_PATTERN: &str = r"^[a-z][a-z0-9]{0,7}$";
+
+/// A price in USD per 1M tokens: a decimal string from 0 to 100000 with at most 10 decimal
+/// places, no sign, no exponent (`"2.5"`, `"0.075"`).
+pub const PRICE_PATTERN: &str = r"^(100000(\.0{1,10})?|[0-9]{1,5}(\.[0-9]{1,10})?)$";
+
 /// Checks [`TEXT_PATTERN`] and a length in characters; answers the text as given (the domain
 /// types trim it).
 pub fn text<'a>(field: &str, raw: &'a str, max_chars: usize) -> Result<&'a str, actix_web::Error> {
@@ -108,6 +123,99 @@ pub fn is_asset(raw: &str) -> bool {
 /// Whether `raw` matches [`AUDIT_ACTION_PATTERN`].
 pub fn is_audit_action(raw: &str) -> bool {
     credex_store::AuditAction::parse(raw).is_ok()
+}
+
+/// Whether `raw` matches [`MODEL_ID_PATTERN`] (`ModelId::parse` accepts the same).
+pub fn is_model_id(raw: &str) -> bool {
+    credex_pricing::ModelId::parse(raw).is_ok()
+}
+
+/// Whether `raw` matches [`PROVIDER_PATTERN`] (`Provider::parse` accepts the same).
+pub fn is_provider(raw: &str) -> bool {
+    credex_pricing::Provider::parse(raw).is_ok()
+}
+
+/// Whether `raw` matches [`MODEL_CLASS_PATTERN`] (`ModelClass::parse` accepts the same).
+pub fn is_model_class(raw: &str) -> bool {
+    credex_pricing::ModelClass::parse(raw).is_ok()
+}
+
+/// Whether `raw` matches [`PRICE_PATTERN`].
+pub fn is_price(raw: &str) -> bool {
+    let (whole, fraction) = match raw.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (raw, None),
+    };
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    let fraction_ok = fraction.is_none_or(|f| (1..=10).contains(&f.len()) && digits(f));
+    let whole_ok = ((1..=5).contains(&whole.len()) && digits(whole))
+        || (whole == "100000" && fraction.is_none_or(|f| f.bytes().all(|b| b == b'0')));
+    whole_ok && fraction_ok
+}
+
+/// A price in USD per 1M tokens ([`PRICE_PATTERN`]), or 422 naming the field.
+pub fn price(field: &str, raw: &str) -> Result<rust_decimal::Decimal, actix_web::Error> {
+    let refused = || {
+        invalid(
+            field,
+            "a decimal string from 0 to 100000 with at most 10 decimal places, such as \"2.5\"",
+        )
+    };
+    if !is_price(raw) {
+        return Err(refused());
+    }
+    raw.parse().map_err(|_| refused())
+}
+
+/// When a price takes effect: an RFC 3339 date-time (JSON Schema's `date-time`) or a date
+/// (`date`, midnight UTC), between 1970-01-01 and 9999-12-31. Whether it is in the past is
+/// the caller's question.
+pub fn effective_from(
+    field: &str,
+    raw: &str,
+) -> Result<credex_ledger::Timestamp, actix_web::Error> {
+    use credex_pricing::date::{parse_date, DateError, FIRST_INSTANT, LAST_INSTANT};
+    let at = match date_time(raw) {
+        Some(micros) => credex_ledger::Timestamp::from_micros(micros),
+        None => match parse_date(raw) {
+            Ok(at) => at,
+            // A date before 1970 is a date all the same, and long past.
+            Err(DateError::Year) if is_full_date(raw) => FIRST_INSTANT.plus_micros(-1),
+            Err(_) => return Err(invalid(
+                field,
+                "an RFC 3339 date-time such as 2026-12-01T00:00:00Z, or a date such as 2026-12-01",
+            )),
+        },
+    };
+    if at > LAST_INSTANT {
+        return Err(invalid(field, "at most 9999-12-31T23:59:59.999999Z"));
+    }
+    Ok(at)
+}
+
+/// Whether `raw` is a `YYYY-MM-DD` date of the proleptic Gregorian calendar (any year).
+fn is_full_date(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let number = |range: std::ops::Range<usize>| {
+        raw.get(range)
+            .filter(|part| part.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|part| part.parse::<i32>().ok())
+    };
+    let (Some(year), Some(month), Some(day)) = (number(0..4), number(5..7), number(8..10)) else {
+        return false;
+    };
+    let Some(month) = u8::try_from(month)
+        .ok()
+        .and_then(|month| Month::try_from(month).ok())
+    else {
+        return false;
+    };
+    u8::try_from(day)
+        .ok()
+        .is_some_and(|day| Date::from_calendar_date(year, month, day).is_ok())
 }
 
 /// 1 to 18 ASCII digits, as a number (never overflows).
@@ -447,6 +555,72 @@ mod tests {
             }
             let audit = format!("{at}_{uuid}");
             prop_assert_eq!(matches(AUDIT_CURSOR_PATTERN, &audit), audit_cursor(&audit).is_some(), "{:?}", audit);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn catalog_name_patterns_and_parsers_agree(raw in "[A-Za-z0-9._:/@+ -]{0,7}") {
+            prop_assert_eq!(matches(MODEL_ID_PATTERN, &raw), is_model_id(&raw), "{:?}", raw);
+            prop_assert_eq!(matches(PROVIDER_PATTERN, &raw), is_provider(&raw), "{:?}", raw);
+            prop_assert_eq!(matches(MODEL_CLASS_PATTERN, &raw), is_model_class(&raw), "{:?}", raw);
+        }
+
+        #[test]
+        fn price_pattern_and_check_agree(raw in "[0-9]{0,7}(\\.[0-9]{0,12})?|100000(\\.0{0,11}1?)?|[0-9.e+ -]{0,6}") {
+            prop_assert_eq!(matches(PRICE_PATTERN, &raw), is_price(&raw), "{:?}", raw);
+            if is_price(&raw) {
+                prop_assert!(price("p", &raw).is_ok(), "{:?}", raw);
+            }
+        }
+    }
+
+    #[test]
+    fn catalog_names_at_their_length_limits() {
+        let id = |n: usize| "a".repeat(n);
+        assert!(matches(MODEL_ID_PATTERN, &id(128)) && is_model_id(&id(128)));
+        assert!(!matches(MODEL_ID_PATTERN, &id(129)) && !is_model_id(&id(129)));
+        assert!(matches(PROVIDER_PATTERN, &id(40)) && is_provider(&id(40)));
+        assert!(!matches(PROVIDER_PATTERN, &id(41)) && !is_provider(&id(41)));
+        assert!(matches(MODEL_CLASS_PATTERN, &id(8)) && is_model_class(&id(8)));
+        assert!(!matches(MODEL_CLASS_PATTERN, &id(9)) && !is_model_class(&id(9)));
+        for (raw, ok) in [
+            ("100000", true),
+            ("100000.0000000000", true),
+            ("100000.00000000000", false),
+            ("100000.0000000001", false),
+            ("99999.9999999999", true),
+            ("0.0000000001", true),
+            ("0.00000000001", false),
+            ("007", true),
+            ("1.", false),
+            (".5", false),
+            ("-1", false),
+            ("1e3", false),
+        ] {
+            assert_eq!(is_price(raw), ok, "{raw}");
+            assert_eq!(matches(PRICE_PATTERN, raw), ok, "{raw}");
+        }
+    }
+
+    #[test]
+    fn effective_from_takes_instants_and_dates() {
+        let at = |raw: &str| effective_from("f", raw).ok().map(|t| t.as_micros());
+        assert_eq!(at("2026-11-26"), Some(1_795_651_200_000_000));
+        assert_eq!(at("2026-11-26T00:00:00Z"), Some(1_795_651_200_000_000));
+        assert_eq!(at("2026-11-26T01:00:00+01:00"), Some(1_795_651_200_000_000));
+        assert_eq!(at("1969-12-31"), Some(-1));
+        assert_eq!(at("0001-01-01"), Some(-1));
+        assert!(at("9999-12-31").is_some());
+        assert_eq!(at("9999-12-31T23:00:00-05:00"), None);
+        for refused in [
+            "2026-02-30",
+            "2026-11-26T25:00:00Z",
+            "26-11-2026",
+            "",
+            "now",
+        ] {
+            assert_eq!(at(refused), None, "{refused}");
         }
     }
 

@@ -68,3 +68,47 @@ pub fn spawn_idempotency_purge(
         }
     })
 }
+
+/// Opens the current billing cycle (allotting orgs that joined since the last pass) and
+/// closes every ended cycle that is not closed, every `period`, until `stop`. Safe in every
+/// process at once: both jobs are idempotent (see [`crate::cycles`]).
+pub fn spawn_cycles(
+    ledger: Arc<credex_store::Ledger>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    use crate::cycles::{close_cycle, open_cycle, CycleId};
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = ledger.store().clock().now();
+            let ended = match ledger.store().cycles(120).await {
+                Ok(cycles) => cycles,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the cycles failed");
+                    continue;
+                }
+            };
+            for record in ended
+                .iter()
+                .filter(|c| c.closed_at.is_none() && c.ends_at <= now)
+            {
+                let Ok(cycle) = CycleId::parse(&record.cycle) else {
+                    continue;
+                };
+                if let Err(error) = close_cycle(&ledger, cycle, now).await {
+                    tracing::warn!(%error, %cycle, "closing a cycle failed; the next pass retries");
+                }
+            }
+            let current = CycleId::of(now);
+            if let Err(error) = open_cycle(&ledger, current, now).await {
+                tracing::warn!(%error, cycle = %current, "opening a cycle failed; the next pass retries");
+            }
+        }
+    })
+}

@@ -6,10 +6,13 @@
 
 pub mod auth;
 pub mod bench;
+pub mod catalog;
 pub mod config;
+pub mod cycles;
 pub mod idempotency;
 pub mod input;
 pub mod jobs;
+pub mod market;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use credex_api::bench::estimate::EstimateBenchArgs;
 use credex_api::bench::BenchArgs;
 use credex_api::config::{redacted, ConfigArgs};
 use credex_api::{telemetry, Application, Config};
@@ -33,7 +34,7 @@ enum Command {
     },
     /// Print the OpenAPI document (as committed at openapi/openapi.json).
     Openapi,
-    /// Measure throughput.
+    /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
@@ -56,6 +57,8 @@ enum ExportFormat {
 enum BenchWhat {
     /// Transfers per second on SQLite and PostgreSQL, by batch size, submitters and mix.
     Ledger(BenchArgs),
+    /// Latency of cost previews (POST /v1/estimate) at a fixed request rate, open-loop.
+    Estimate(EstimateBenchArgs),
 }
 
 #[tokio::main]
@@ -114,6 +117,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: BenchWhat::Ledger(args),
         } => {
             credex_api::bench::run(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Estimate(args),
+        } => {
+            credex_api::bench::estimate::run(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use credex_ledger::{AssetCode, Clock};
+use credex_pricing::CrFaceValue;
 use credex_store::{Ledger, Store, SystemClock};
 use tokio::sync::watch;
 
@@ -19,7 +20,7 @@ use crate::auth::{bootstrap, jwt};
 use crate::config::{redacted, Config};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
-use crate::{jobs, metrics, openapi, problem, ratelimit, routes};
+use crate::{catalog, jobs, metrics, openapi, problem, ratelimit, routes};
 
 /// The metrics registry, sampling the ledger's counters and its database pool at each scrape.
 fn observed(ledger: &Arc<Ledger>) -> Metrics {
@@ -57,6 +58,12 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         .ensure_asset(&AssetCode::credit())
         .await
         .context("create the credit asset and the provider's accounts")?;
+    let seeded = catalog::seed_builtin(store.as_ref())
+        .await
+        .context("seed the built-in model catalog")?;
+    if seeded > 0 {
+        tracing::info!(models = seeded, "added built-in models to the catalog");
+    }
     let now = store.clock().now();
     if let Some((email, password)) = bootstrap::ensure_admin(store.as_ref(), config, now).await? {
         // Printed once, to standard output, never logged.
@@ -70,6 +77,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     let parts = Parts {
         state: web::Data::new(AppState {
             ledger: ledger.clone(),
+            cr_face_value: config.cr_face_value,
         }),
         auth: web::Data::new(Authenticator {
             store: store.clone(),
@@ -126,6 +134,8 @@ pub fn app(
         .configure(routes::auth::configure)
         .configure(routes::orgs::configure)
         .configure(routes::ledger::configure)
+        .configure(routes::models::configure)
+        .configure(routes::estimate::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
@@ -134,6 +144,8 @@ pub fn app(
 #[derive(Debug)]
 pub struct AppState {
     pub ledger: Arc<Ledger>,
+    /// What one CR is worth in USD.
+    pub cr_face_value: CrFaceValue,
 }
 
 /// A running server: its port is known before it serves (bind to port 0 in tests).
@@ -176,6 +188,7 @@ impl Application {
         let (stop_jobs, stopped) = watch::channel(false);
         let jobs = vec![
             jobs::spawn_expiry(store.clone(), Duration::from_secs(1), stopped.clone()),
+            jobs::spawn_cycles(ledger.clone(), Duration::from_secs(60), stopped.clone()),
             jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),
         ];
         tracing::info!(port, "credex is listening");
@@ -190,6 +203,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A handle that stops the server as SIGTERM would (with `graceful`), for in-process use.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
     }
 
     /// Serves until SIGINT or SIGTERM: then in-flight requests finish, every transfer already

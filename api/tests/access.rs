@@ -22,6 +22,8 @@ enum Who {
     Authenticated,
     /// A member of the org in the path (or a key with the scope).
     Member,
+    /// A member of the org named in the body (`"{org_id}"` in the table's body), or a key of it.
+    MemberInBody,
     /// An owner of the org in the path.
     Owner,
     /// A platform admin.
@@ -90,6 +92,35 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ),
         ("transfer", Who::Admin, None),
         ("books_check", Who::Admin, None),
+        ("list_models", Who::Authenticated, None),
+        ("get_model", Who::Authenticated, None),
+        ("model_prices", Who::Authenticated, None),
+        ("org_model_prices", Who::Member, None),
+        (
+            "add_model",
+            Who::Admin,
+            Some(json!({"id": "m-1", "provider": "acme", "class": "pro",
+                        "price": {"input": "1", "output": "2"}})),
+        ),
+        (
+            "add_price",
+            Who::Admin,
+            Some(json!({"input": "1", "output": "2"})),
+        ),
+        (
+            "add_org_price",
+            Who::Admin,
+            Some(json!({"input": "1", "output": "2"})),
+        ),
+        ("import_prices", Who::Admin, Some(json!({}))),
+        (
+            "estimate",
+            Who::MemberInBody,
+            Some(
+                json!({"org_id": "{org_id}", "model": "gpt-4o", "prompt": "Hello",
+                        "expected_output_tokens": 10}),
+            ),
+        ),
     ]
 }
 
@@ -195,6 +226,12 @@ async fn every_operation_guards_its_door(db: &TestDb) {
             .replace("{key_id}", &key_id)
             .replace("{account_id}", &wallet_id)
             .replace("{transfer_id}", &transfer_id)
+            .replace("{model_id}", "gpt-4o")
+    };
+    let body_in = |body: &Option<Value>, org: &str| -> Option<Value> {
+        body.as_ref().map(|body| {
+            serde_json::from_str(&body.to_string().replace("{org_id}", org)).expect("JSON")
+        })
     };
 
     // The table names every operation of the document, and nothing else.
@@ -214,6 +251,7 @@ async fn every_operation_guards_its_door(db: &TestDb) {
             .expect("classified");
         let own = uri(&operation.path, &acme);
         let foreign = uri(&operation.path, &globex);
+        let (body, foreign_body) = (body_in(body, &acme), body_in(body, &globex));
         let expect = |answer: &common::Answer, status: StatusCode, what: &str| {
             assert_eq!(
                 answer.status, status,
@@ -236,10 +274,13 @@ async fn every_operation_guards_its_door(db: &TestDb) {
             expect(&answer, StatusCode::UNAUTHORIZED, "without a token");
             checked += 1;
         }
-        if matches!(who, Who::Member | Who::Owner) {
+        if matches!(who, Who::Member | Who::Owner | Who::MemberInBody) {
             let answer = call(
                 &service,
-                bearer(request(&operation.method, &foreign, body.as_ref()), &alice),
+                bearer(
+                    request(&operation.method, &foreign, foreign_body.as_ref()),
+                    &alice,
+                ),
             )
             .await;
             expect(&answer, StatusCode::NOT_FOUND, "in another org");

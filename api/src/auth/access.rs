@@ -6,6 +6,9 @@
 //!   ([`Read`], [`Owner`], [`UsageWrite`], [`MarketTrade`]);
 //! - [`Admin`]: a platform admin.
 //!
+//! An operation whose org is named in its body takes a [`Caller`] and asks
+//! [`OrgAccess::check`], which applies the same rules.
+//!
 //! No token → 401 (with `WWW-Authenticate: Bearer`). An org the caller does not belong to → 404,
 //! exactly as for an org that does not exist, so ids leak nothing. A member without the role or
 //! an API key without the scope → 403.
@@ -258,6 +261,19 @@ async fn org_access<P: Permission>(
         caller,
         permission: PhantomData,
     })
+}
+
+impl<P: Permission> OrgAccess<P> {
+    /// `caller` allowed `P` in `org`, by the extractor's rules, for an operation that names its
+    /// org elsewhere than in the path (such as in its body). The only other way to an
+    /// `OrgAccess` is the extractor itself.
+    pub async fn check(
+        auth: &Authenticator,
+        caller: Caller,
+        org: OrgId,
+    ) -> Result<Self, actix_web::Error> {
+        org_access::<P>(auth, caller, Some(org)).await
+    }
 }
 
 impl<P: Permission> FromRequest for OrgAccess<P> {

@@ -1,0 +1,185 @@
+//! Who may sell (list tokens, or sell them back to the provider) and how much, and who may
+//! trade at all. Checked by the market service inside the market's transaction, on the org's
+//! row as it is then.
+
+use credex_ledger::Timestamp;
+use credex_store::{Org, Plan, SellUsage};
+use serde::Serialize;
+
+/// Microseconds in a day.
+const DAY_MICROS: i64 = 24 * 60 * 60 * 1_000_000;
+
+/// The selling rules an admin tunes. Defaults: verification level 1, 14 days of org age, a
+/// paid plan (teams or enterprise), and a per-cycle cap of 100% of the cycle's allotment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FraudPolicy {
+    /// The lowest identity verification level an org needs to sell.
+    pub min_verification_level: u8,
+    /// How long an org must have existed before it sells.
+    pub min_org_age_days: u32,
+    /// Whether only orgs on a paid plan (teams, enterprise) may sell.
+    pub paid_plan_required: bool,
+    /// How much of its allotment of a cycle an org may sell (listed, bought, or sold back),
+    /// in basis points of the allotment: 10,000 is 100%.
+    pub sell_cap_basis_points: u32,
+}
+
+impl Default for FraudPolicy {
+    fn default() -> Self {
+        Self {
+            min_verification_level: 1,
+            min_org_age_days: 14,
+            paid_plan_required: true,
+            sell_cap_basis_points: 10_000,
+        }
+    }
+}
+
+/// Why an org may not sell or trade now; each case says what would change the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Refusal {
+    #[error("the org is frozen pending an admin's review; it cannot trade until cleared")]
+    Frozen,
+    #[error("selling needs identity verification level {required}; the org has {level}")]
+    Unverified { level: u8, required: u8 },
+    #[error(
+        "selling needs an org at least {required_days} days old; this one is {age_days} days old"
+    )]
+    TooNew { age_days: i64, required_days: u32 },
+    #[error("selling needs a paid plan (teams or enterprise); the org is on the free plan")]
+    FreePlan,
+    #[error(
+        "this would take the org's sales of the cycle to {would_be} tokens, over its cap of \
+         {cap} tokens ({committed} listed, bought or sold back so far)"
+    )]
+    SellCap {
+        cap: u64,
+        committed: u64,
+        would_be: u64,
+    },
+}
+
+impl FraudPolicy {
+    /// Whether the org may trade at all (buy or sell).
+    pub fn check_trader(&self, org: &Org) -> Result<(), Refusal> {
+        if org.frozen {
+            return Err(Refusal::Frozen);
+        }
+        Ok(())
+    }
+
+    /// Whether the org may sell now (list, or sell back to the provider).
+    pub fn check_seller(&self, org: &Org, now: Timestamp) -> Result<(), Refusal> {
+        self.check_trader(org)?;
+        let level = org.verification_level.get();
+        if level < self.min_verification_level {
+            return Err(Refusal::Unverified {
+                level,
+                required: self.min_verification_level,
+            });
+        }
+        let age_micros = now.as_micros().saturating_sub(org.created_at.as_micros());
+        let required_micros = i64::from(self.min_org_age_days).saturating_mul(DAY_MICROS);
+        if age_micros < required_micros {
+            return Err(Refusal::TooNew {
+                age_days: age_micros / DAY_MICROS,
+                required_days: self.min_org_age_days,
+            });
+        }
+        if self.paid_plan_required && org.plan == Plan::Free {
+            return Err(Refusal::FreePlan);
+        }
+        Ok(())
+    }
+
+    /// The most tokens of a cycle the org may sell in all, given its allotment.
+    pub fn sell_cap(&self, allotted: u64) -> u64 {
+        let cap = u128::from(allotted) * u128::from(self.sell_cap_basis_points) / 10_000;
+        u64::try_from(cap).unwrap_or(u64::MAX)
+    }
+
+    /// Whether selling `quantity` more tokens keeps the org within its cap.
+    pub fn check_sell_cap(&self, usage: &SellUsage, quantity: u64) -> Result<(), Refusal> {
+        let cap = self.sell_cap(usage.allotted);
+        let committed = usage.committed();
+        let would_be = committed.saturating_add(quantity);
+        if would_be > cap {
+            return Err(Refusal::SellCap {
+                cap,
+                committed,
+                would_be,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use credex_ledger::OrgId;
+    use credex_store::{OrgName, VerificationLevel};
+
+    fn org(plan: Plan, level: u8, frozen: bool, created_days_ago: i64) -> Org {
+        Org {
+            id: OrgId::generate(),
+            name: OrgName::parse("Acme").expect("a name"),
+            plan,
+            verification_level: VerificationLevel::new(level).expect("a level"),
+            frozen,
+            created_at: Timestamp::from_micros(100 * DAY_MICROS - created_days_ago * DAY_MICROS),
+        }
+    }
+
+    #[test]
+    fn sellers_need_every_condition() {
+        let policy = FraudPolicy::default();
+        let now = Timestamp::from_micros(100 * DAY_MICROS);
+        let check = |org: Org, expected: Result<(), Refusal>| {
+            assert_eq!(policy.check_seller(&org, now), expected, "{org:?}");
+        };
+        check(org(Plan::Teams, 1, false, 14), Ok(()));
+        check(org(Plan::Enterprise, 3, false, 90), Ok(()));
+        check(org(Plan::Teams, 1, true, 30), Err(Refusal::Frozen));
+        check(
+            org(Plan::Teams, 0, false, 30),
+            Err(Refusal::Unverified {
+                level: 0,
+                required: 1,
+            }),
+        );
+        check(
+            org(Plan::Teams, 1, false, 13),
+            Err(Refusal::TooNew {
+                age_days: 13,
+                required_days: 14,
+            }),
+        );
+        check(org(Plan::Free, 1, false, 30), Err(Refusal::FreePlan));
+    }
+
+    #[test]
+    fn the_sell_cap_counts_everything_sold() {
+        let policy = FraudPolicy {
+            sell_cap_basis_points: 5_000,
+            ..FraudPolicy::default()
+        };
+        let usage = SellUsage {
+            allotted: 1_000,
+            listed_open: 200,
+            filled: 100,
+            bought_back: 150,
+            ..SellUsage::default()
+        };
+        assert_eq!(policy.check_sell_cap(&usage, 50), Ok(()));
+        assert_eq!(
+            policy.check_sell_cap(&usage, 51),
+            Err(Refusal::SellCap {
+                cap: 500,
+                committed: 450,
+                would_be: 501
+            })
+        );
+    }
+}
