@@ -276,9 +276,11 @@ mod tests {
         check("", JwtError::Malformed);
         check("a.b", JwtError::Malformed);
         check(&format!("{token}.x"), JwtError::Malformed);
+        // The last character of a 32-byte signature carries 4 bits and 2 zero bits: swap it for
+        // another canonical one (`A` ↔ `E`), or the base64 would be malformed, not forged.
         let mut tampered = token.clone();
         tampered.pop();
-        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        tampered.push(if token.ends_with('A') { 'E' } else { 'A' });
         check(&tampered, JwtError::Signature);
         check(
             &forge(r#"{"alg":"none","kid":"k2"}"#, &claims, ""),
