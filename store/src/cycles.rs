@@ -151,7 +151,6 @@ macro_rules! shared_cycles {
                 Allotment, ClassRecord, CycleError, CycleRecord, CycleStore, Put,
             };
             use crate::identity::{AuditEntry, Plan, UserId};
-            use crate::sql::{backoff, MAX_ATTEMPTS};
             use crate::StoreError;
 
             type Connection = <$db as sqlx::Database>::Connection;
@@ -188,22 +187,7 @@ macro_rules! shared_cycles {
                 F: Fn() -> Fut,
                 Fut: std::future::Future<Output = Result<T, CycleError>>,
             {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match attempt().await {
-                        Err(CycleError::Store(StoreError::Database(error)))
-                            if dialect::is_retryable(&error) =>
-                        {
-                            if tries >= MAX_ATTEMPTS {
-                                return Err(StoreError::Busy { attempts: tries }.into());
-                            }
-                            tracing::debug!(%error, tries, "retrying a cycle transaction");
-                            backoff(tries).await;
-                        }
-                        other => return other,
-                    }
-                }
+                crate::sql::retry(dialect::is_retryable, attempt).await
             }
 
             async fn append_audit(
@@ -534,3 +518,12 @@ macro_rules! shared_cycles {
 }
 
 pub(crate) use shared_cycles;
+
+impl crate::sql::MayRetry for CycleError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Store(StoreError::Database(error)) => Some(error),
+            _ => None,
+        }
+    }
+}

@@ -1138,8 +1138,6 @@ macro_rules! shared_identity {
                 RawApiKey, RawAudit, RawOrg, RawUser, RefreshTokenId, Role, RotateOutcome,
                 TokenFamilyId, TokenHash, User, UserId, VerificationLevel,
             };
-            use crate::sql::{backoff, MAX_ATTEMPTS};
-            use crate::StoreError;
 
             type Connection = <$db as sqlx::Database>::Connection;
             type DbRow = <$db as sqlx::Database>::Row;
@@ -1207,22 +1205,7 @@ macro_rules! shared_identity {
                 F: Fn() -> Fut,
                 Fut: std::future::Future<Output = Result<T, IdentityError>>,
             {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match attempt().await {
-                        Err(IdentityError::Store(StoreError::Database(error)))
-                            if dialect::is_retryable(&error) =>
-                        {
-                            if tries >= MAX_ATTEMPTS {
-                                return Err(StoreError::Busy { attempts: tries }.into());
-                            }
-                            tracing::debug!(%error, tries, "retrying an identity transaction");
-                            backoff(tries).await;
-                        }
-                        other => return other,
-                    }
-                }
+                crate::sql::retry(dialect::is_retryable, attempt).await
             }
 
             async fn exists(
@@ -1974,3 +1957,12 @@ macro_rules! shared_identity {
 }
 
 pub(crate) use shared_identity;
+
+impl crate::sql::MayRetry for IdentityError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Store(StoreError::Database(error)) => Some(error),
+            _ => None,
+        }
+    }
+}

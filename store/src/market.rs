@@ -1099,36 +1099,6 @@ macro_rules! shared_market {
                 Ok(())
             }
 
-            /// Runs `attempt` again while it fails with an error worth a retry; a blind balance
-            /// update out of a stripe's range runs again with whole balances.
-            async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
-            where
-                F: FnMut(Mode) -> Fut,
-                Fut: std::future::Future<Output = Result<T, StoreError>>,
-            {
-                let mut mode = Mode::Locked;
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match attempt(mode).await {
-                        Err(StoreError::Database(error))
-                            if mode != Mode::Whole && dialect::is_out_of_range(&error) =>
-                        {
-                            tracing::info!(%error, "a balance stripe ran out of range; retrying a market transaction with whole balances");
-                            mode = Mode::Whole;
-                        }
-                        Err(StoreError::Database(error)) if dialect::is_retryable(&error) => {
-                            if tries >= MAX_ATTEMPTS {
-                                return Err(StoreError::Busy { attempts: tries });
-                            }
-                            tracing::debug!(%error, tries, "retrying a market transaction");
-                            backoff(tries).await;
-                        }
-                        other => return other,
-                    }
-                }
-            }
-
             impl $store {
                 async fn market_tx_once(
                     &self,
@@ -1180,7 +1150,7 @@ macro_rules! shared_market {
                     &self,
                     market: &MarketRecord,
                 ) -> Result<MarketRecord, StoreError> {
-                    retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         let inserted = sqlx::query(
                             "INSERT INTO markets (asset, class, cycle, window_open, cycle_end, \
@@ -1254,7 +1224,7 @@ macro_rules! shared_market {
                     settings: &str,
                     audit: &AuditEntry,
                 ) -> Result<Option<MarketRecord>, StoreError> {
-                    retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         if lock_market(&mut tx, asset).await?.is_none() {
                             return Ok(None);
@@ -1452,7 +1422,7 @@ macro_rules! shared_market {
                     asset: &AssetCode,
                     now: Timestamp,
                 ) -> Result<u64, StoreError> {
-                    retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         if lock_market(&mut tx, asset).await?.is_none() {
                             return Ok(0);
@@ -1478,7 +1448,7 @@ macro_rules! shared_market {
                     audit: &AuditEntry,
                 ) -> Result<bool, StoreError> {
                     let (low, high) = if a < b { (a, b) } else { (b, a) };
-                    retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         let done = sqlx::query(
                             "INSERT INTO org_links (org_a, org_b, created_at) VALUES ($1, $2, $3) \
@@ -1506,7 +1476,7 @@ macro_rules! shared_market {
                     audit: &AuditEntry,
                 ) -> Result<bool, StoreError> {
                     let (low, high) = if a < b { (a, b) } else { (b, a) };
-                    retrying(|_| async {
+                    self.retrying(Mode::Locked, |_| async {
                         let mut tx = dialect::begin_write(&self.pool).await?;
                         let done = sqlx::query("DELETE FROM org_links WHERE org_a = $1 AND org_b = $2")
                             .bind(low.as_uuid())

@@ -260,7 +260,6 @@ macro_rules! shared_pricing {
                 PriceRecord, PriceScope, PricingError, PricingStore, PutPrice, IMPORT_MAX_MODELS,
                 PRICE_JSON_MAX_BYTES,
             };
-            use crate::sql::{backoff, MAX_ATTEMPTS};
             use crate::StoreError;
 
             type Connection = <$db as sqlx::Database>::Connection;
@@ -307,22 +306,7 @@ macro_rules! shared_pricing {
                 F: Fn() -> Fut,
                 Fut: std::future::Future<Output = Result<T, PricingError>>,
             {
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match attempt().await {
-                        Err(PricingError::Store(StoreError::Database(error)))
-                            if dialect::is_retryable(&error) =>
-                        {
-                            if tries >= MAX_ATTEMPTS {
-                                return Err(StoreError::Busy { attempts: tries }.into());
-                            }
-                            tracing::debug!(%error, tries, "retrying a pricing transaction");
-                            backoff(tries).await;
-                        }
-                        other => return other,
-                    }
-                }
+                crate::sql::retry(dialect::is_retryable, attempt).await
             }
 
             /// Whether `name` is a model's id or an alias.
@@ -585,14 +569,18 @@ macro_rules! shared_pricing {
                     };
                     let first: String = first.try_get("id")?;
                     let last: String = last.try_get("id")?;
-                    let mut aliases = aliases_between(&mut conn, &first, &last).await?.into_iter().peekable();
+                    let mut aliases = aliases_between(&mut conn, &first, &last)
+                        .await?
+                        .into_iter()
+                        .peekable();
                     rows.iter()
                         .map(|row| {
                             let id: String = row.try_get("id")?;
                             // Aliases of models between this page's that the filter left out.
                             while aliases.next_if(|(model, _)| *model < id).is_some() {}
                             let mut own = Vec::new();
-                            while let Some((_, alias)) = aliases.next_if(|(model, _)| *model == id) {
+                            while let Some((_, alias)) = aliases.next_if(|(model, _)| *model == id)
+                            {
                                 own.push(alias);
                             }
                             model(row, own)
@@ -600,13 +588,19 @@ macro_rules! shared_pricing {
                         .collect()
                 }
 
-                async fn find_model(&self, name: &str) -> Result<Option<ModelRecord>, PricingError> {
+                async fn find_model(
+                    &self,
+                    name: &str,
+                ) -> Result<Option<ModelRecord>, PricingError> {
                     let mut conn = self.pool.acquire().await?;
                     let sql = format!(
                         "SELECT {MODEL_COLUMNS} FROM models WHERE id = $1 OR id = \
                          (SELECT model_id FROM model_aliases WHERE alias = $1)"
                     );
-                    let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(&mut *conn).await?
+                    let Some(row) = sqlx::query(&sql)
+                        .bind(name)
+                        .fetch_optional(&mut *conn)
+                        .await?
                     else {
                         return Ok(None);
                     };
@@ -659,7 +653,9 @@ macro_rules! shared_pricing {
                             Some(0) => found.catalog.push(price(row)?),
                             Some(1) => found.org.push(price(row)?),
                             Some(other) => {
-                                return Err(StoreError::corrupt(format!("price scope {other}")).into())
+                                return Err(
+                                    StoreError::corrupt(format!("price scope {other}")).into()
+                                )
                             }
                         }
                     }
@@ -743,7 +739,9 @@ macro_rules! shared_pricing {
                             }
                         }
                         let outcome =
-                            if price_at_instant(&mut tx, model_id, scope, new.effective_from).await? {
+                            if price_at_instant(&mut tx, model_id, scope, new.effective_from)
+                                .await?
+                            {
                                 // Not in force yet (effective_from >= now was checked; a row
                                 // from exactly now is in force, so refuse that too).
                                 if new.effective_from <= now {
@@ -752,21 +750,19 @@ macro_rules! shared_pricing {
                                 // `effective_from > now` again in the statement: the row
                                 // is replaced only while it is not in force.
                                 let done = match scope {
-                                    PriceScope::Catalog => {
-                                        sqlx::query(
-                                            "UPDATE model_prices SET price = $3, recorded_at = $4, \
+                                    PriceScope::Catalog => sqlx::query(
+                                        "UPDATE model_prices SET price = $3, recorded_at = $4, \
                                              recorded_by = $5 WHERE model_id = $1 \
                                              AND effective_from = $2 AND effective_from > $6",
-                                        )
-                                        .bind(model_id)
-                                        .bind(new.effective_from.as_micros())
-                                        .bind(&new.price)
-                                        .bind(new.recorded_at.as_micros())
-                                        .bind(new.recorded_by.map(UserId::as_uuid))
-                                        .bind(now.as_micros())
-                                        .execute(&mut *tx)
-                                        .await?
-                                    }
+                                    )
+                                    .bind(model_id)
+                                    .bind(new.effective_from.as_micros())
+                                    .bind(&new.price)
+                                    .bind(new.recorded_at.as_micros())
+                                    .bind(new.recorded_by.map(UserId::as_uuid))
+                                    .bind(now.as_micros())
+                                    .execute(&mut *tx)
+                                    .await?,
                                     PriceScope::Org(org) => {
                                         sqlx::query(
                                             "UPDATE org_model_prices SET price = $3, \
@@ -857,3 +853,12 @@ macro_rules! shared_pricing {
 }
 
 pub(crate) use shared_pricing;
+
+impl crate::sql::MayRetry for PricingError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Store(StoreError::Database(error)) => Some(error),
+            _ => None,
+        }
+    }
+}

@@ -65,6 +65,50 @@ pub(crate) async fn backoff(attempt: u32) {
     tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
 }
 
+/// An error of a store module that may wrap a database error worth another try.
+pub(crate) trait MayRetry: From<StoreError> {
+    fn database_error(&self) -> Option<&sqlx::Error>;
+}
+
+impl MayRetry for StoreError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            StoreError::Database(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `attempt` again while it fails with a database error that `is_retryable` accepts (a
+/// deadlock, a serialization failure, a busy database, …), with backoff, at most
+/// [`MAX_ATTEMPTS`] times; then answers `Busy`.
+pub(crate) async fn retry<T, E, F, Fut>(
+    is_retryable: fn(&sqlx::Error) -> bool,
+    attempt: F,
+) -> Result<T, E>
+where
+    E: MayRetry,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(error) if error.database_error().is_some_and(is_retryable) => {
+                if tries >= MAX_ATTEMPTS {
+                    return Err(StoreError::Busy { attempts: tries }.into());
+                }
+                if let Some(error) = error.database_error() {
+                    tracing::debug!(%error, tries, "retrying a transaction");
+                }
+                backoff(tries).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether a database error carries one of these codes (SQLSTATE on PostgreSQL, the
 /// extended result code on SQLite).
 pub(crate) fn has_code(error: &sqlx::Error, codes: &[&str]) -> bool {
