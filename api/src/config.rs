@@ -11,6 +11,8 @@ use credex_pricing::CrFaceValue;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use crate::market::FraudPolicy;
+
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
@@ -18,7 +20,9 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
     /// A TOML file with any of: bind, data_dir, database_url, admin_email, admin_password,
-    /// jwt_secret, jwt_previous_secrets, cr_face_value_usd.
+    /// jwt_secret, jwt_previous_secrets, cr_face_value_usd, market_min_verification_level,
+    /// market_min_org_age_days, market_paid_plan_required, market_sell_cap_basis_points,
+    /// market_orders_per_minute.
     #[arg(long = "config", env = "CREDEX_CONFIG")]
     pub config_file: Option<PathBuf>,
 
@@ -63,6 +67,28 @@ pub struct ConfigArgs {
     /// 1000000, at most 6 decimal places) [default: 1].
     #[arg(long, env = "CREDEX_CR_FACE_VALUE_USD")]
     pub cr_face_value_usd: Option<String>,
+
+    /// The lowest identity verification level an org needs to sell tokens [default: 1].
+    #[arg(long, env = "CREDEX_MARKET_MIN_VERIFICATION_LEVEL")]
+    pub market_min_verification_level: Option<u8>,
+
+    /// How many days old an org must be to sell tokens [default: 14].
+    #[arg(long, env = "CREDEX_MARKET_MIN_ORG_AGE_DAYS")]
+    pub market_min_org_age_days: Option<u32>,
+
+    /// Whether only orgs on a paid plan may sell tokens [default: true].
+    #[arg(long, env = "CREDEX_MARKET_PAID_PLAN_REQUIRED")]
+    pub market_paid_plan_required: Option<bool>,
+
+    /// How much of a cycle's allotment an org may sell, in basis points (10000 = 100%)
+    /// [default: 10000].
+    #[arg(long, env = "CREDEX_MARKET_SELL_CAP_BASIS_POINTS")]
+    pub market_sell_cap_basis_points: Option<u32>,
+
+    /// The most listings, amendments, cancels, orders and buybacks one org may send per
+    /// minute [default: 120].
+    #[arg(long, env = "CREDEX_MARKET_ORDERS_PER_MINUTE")]
+    pub market_orders_per_minute: Option<u32>,
 }
 
 /// The keys a configuration file may hold; any other key is an error, not a silent no-op.
@@ -79,6 +105,11 @@ struct FileConfig {
     jwt_previous_secrets: Vec<String>,
     /// A decimal in a string (`"1"`, `"0.01"`): never a TOML float.
     cr_face_value_usd: Option<String>,
+    market_min_verification_level: Option<u8>,
+    market_min_org_age_days: Option<u32>,
+    market_paid_plan_required: Option<bool>,
+    market_sell_cap_basis_points: Option<u32>,
+    market_orders_per_minute: Option<u32>,
 }
 
 /// A value that must not reach logs.
@@ -113,7 +144,14 @@ pub struct Config {
     pub jwt_previous_secrets: Vec<Secret>,
     /// What one CR is worth in USD (1 by default).
     pub cr_face_value: CrFaceValue,
+    /// Who may sell on the market, and how much.
+    pub market_policy: FraudPolicy,
+    /// Market writes (listings, amendments, cancels, orders, buybacks) per org per minute.
+    pub market_orders_per_minute: u32,
 }
+
+/// The default of [`Config::market_orders_per_minute`].
+pub const DEFAULT_MARKET_ORDERS_PER_MINUTE: u32 = 120;
 
 impl Config {
     /// Resolves the layers: options and environment over the file over the defaults.
@@ -147,6 +185,44 @@ impl Config {
                 Some(text) => face_value(&text)?,
                 None => CrFaceValue::ONE_USD,
             },
+            market_policy: {
+                let defaults = FraudPolicy::default();
+                let policy = FraudPolicy {
+                    min_verification_level: args
+                        .market_min_verification_level
+                        .or(file.market_min_verification_level)
+                        .unwrap_or(defaults.min_verification_level),
+                    min_org_age_days: args
+                        .market_min_org_age_days
+                        .or(file.market_min_org_age_days)
+                        .unwrap_or(defaults.min_org_age_days),
+                    paid_plan_required: args
+                        .market_paid_plan_required
+                        .or(file.market_paid_plan_required)
+                        .unwrap_or(defaults.paid_plan_required),
+                    sell_cap_basis_points: args
+                        .market_sell_cap_basis_points
+                        .or(file.market_sell_cap_basis_points)
+                        .unwrap_or(defaults.sell_cap_basis_points),
+                };
+                if policy.sell_cap_basis_points > 10_000 {
+                    anyhow::bail!(
+                        "market_sell_cap_basis_points {}: at most 10000 (100% of the allotment)",
+                        policy.sell_cap_basis_points
+                    );
+                }
+                policy
+            },
+            market_orders_per_minute: {
+                let rate = args
+                    .market_orders_per_minute
+                    .or(file.market_orders_per_minute)
+                    .unwrap_or(DEFAULT_MARKET_ORDERS_PER_MINUTE);
+                if rate == 0 {
+                    anyhow::bail!("market_orders_per_minute: at least 1");
+                }
+                rate
+            },
         })
     }
 
@@ -161,6 +237,8 @@ impl Config {
             jwt_secret: None,
             jwt_previous_secrets: Vec::new(),
             cr_face_value: CrFaceValue::ONE_USD,
+            market_policy: FraudPolicy::default(),
+            market_orders_per_minute: DEFAULT_MARKET_ORDERS_PER_MINUTE,
         }
     }
 

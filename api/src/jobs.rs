@@ -112,3 +112,33 @@ pub fn spawn_cycles(
         }
     })
 }
+
+/// How many listings one automatic-sale pass sells at most.
+pub const AUTO_SALE_BATCH: u32 = 500;
+
+/// Sells to the provider what is left of listings whose automatic sale is due, every
+/// `period`, until `stop`. Safe in every process at once: a listing is sold once (see
+/// [`crate::market::Market::run_auto_sales`]).
+pub fn spawn_auto_sales(
+    market: Arc<crate::market::Market>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match market.run_auto_sales(AUTO_SALE_BATCH).await {
+                Ok(report) if report.sold > 0 || report.refused > 0 => {
+                    tracing::info!(sold = report.sold, refused = report.refused, "automatic sales");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "automatic sales failed; the next pass retries"),
+            }
+        }
+    })
+}

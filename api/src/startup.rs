@@ -18,8 +18,9 @@ use crate::auth::access::Authenticator;
 use crate::auth::session::{self, Sessions};
 use crate::auth::{bootstrap, jwt};
 use crate::config::{redacted, Config};
+use crate::market::Market;
+use crate::ratelimit::{Limit, RateLimiter, RateLimits};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimits;
 use crate::{catalog, jobs, metrics, openapi, problem, ratelimit, routes};
 
 /// The metrics registry, sampling the ledger's counters and its database pool at each scrape.
@@ -43,6 +44,7 @@ pub struct Assembled {
     pub parts: Parts,
     pub store: Arc<dyn Store>,
     pub ledger: Arc<Ledger>,
+    pub market: Arc<Market>,
 }
 
 /// Opens the database (running migrations), the ledger, the first admin and the signing key:
@@ -74,10 +76,16 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     let retired = config.jwt_previous_secrets.clone();
     let keys = jwt::Keys::from_secrets(session::ISSUER, session::AUDIENCE, secret, retired)
         .map_err(|error| anyhow::anyhow!("CREDEX_JWT_SECRET: {error}"))?;
+    let market = Arc::new(Market::new(ledger.clone(), config.market_policy));
     let parts = Parts {
         state: web::Data::new(AppState {
             ledger: ledger.clone(),
             cr_face_value: config.cr_face_value,
+            market: market.clone(),
+            market_velocity: Arc::new(RateLimiter::new(
+                Limit::new(config.market_orders_per_minute, config.market_orders_per_minute),
+                100_000,
+            )),
         }),
         auth: web::Data::new(Authenticator {
             store: store.clone(),
@@ -90,6 +98,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         parts,
         store,
         ledger,
+        market,
     })
 }
 
@@ -146,6 +155,10 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// What one CR is worth in USD.
     pub cr_face_value: CrFaceValue,
+    /// The market service.
+    pub market: Arc<Market>,
+    /// How many market writes each org may send per minute.
+    pub market_velocity: Arc<RateLimiter>,
 }
 
 /// A running server: its port is known before it serves (bind to port 0 in tests).
@@ -175,6 +188,7 @@ impl Application {
             parts,
             store,
             ledger,
+            market,
         } = assemble(config, clock).await?;
 
         let listener = TcpListener::bind(&config.bind)
@@ -189,6 +203,7 @@ impl Application {
         let jobs = vec![
             jobs::spawn_expiry(store.clone(), Duration::from_secs(1), stopped.clone()),
             jobs::spawn_cycles(ledger.clone(), Duration::from_secs(60), stopped.clone()),
+            jobs::spawn_auto_sales(market, Duration::from_secs(10), stopped.clone()),
             jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),
         ];
         tracing::info!(port, "credex is listening");
