@@ -63,6 +63,73 @@ pub const MODEL_CLASS_PATTERN: &str = r"^[a-z][a-z0-9]{0,7}$";
 /// places, no sign, no exponent (`"2.5"`, `"0.075"`).
 pub const PRICE_PATTERN: &str = r"^(100000(\.0{1,10})?|[0-9]{1,5}(\.[0-9]{1,10})?)$";
 
+/// A billing cycle, `YYYY-MM`, from 1970-01 to 9998-12 (`crate::cycles::CycleId`).
+pub const CYCLE_PATTERN: &str =
+    r"^(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$";
+
+/// A market's token asset: `TOK.<class>.<cycle>`.
+pub const MARKET_ASSET_PATTERN: &str = r"^TOK\.[a-z][a-z0-9]{0,7}\.(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$";
+
+/// A fraction from 0 (included) to 1 (excluded) with at most 9 decimal places: a decay
+/// curve's floor, a fee rate (`"0"`, `"0.03"`).
+pub const FRACTION_PATTERN: &str = r"^0(\.[0-9]{1,9})?$";
+
+/// A buyback rate: more than 0, at most 1, at most 9 decimal places, written without trailing
+/// zeros after the point (`"0.9"`, `"1"`).
+pub const BUYBACK_RATE_PATTERN: &str = r"^(0\.[0-9]{0,8}[1-9]|1(\.0{1,9})?)$";
+
+/// Whether `raw` matches [`CYCLE_PATTERN`].
+pub fn is_cycle(raw: &str) -> bool {
+    crate::cycles::CycleId::parse(raw).is_ok()
+}
+
+/// Whether `raw` matches [`MARKET_ASSET_PATTERN`].
+pub fn is_market_asset(raw: &str) -> bool {
+    let mut parts = raw.splitn(3, '.');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some("TOK"), Some(class), Some(cycle)) if is_model_class(class) && is_cycle(cycle)
+    )
+}
+
+/// Whether `raw` matches [`FRACTION_PATTERN`].
+pub fn is_fraction(raw: &str) -> bool {
+    match raw.strip_prefix('0') {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('.').is_some_and(|digits| {
+            (1..=9).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        }),
+        None => false,
+    }
+}
+
+/// Whether `raw` matches [`BUYBACK_RATE_PATTERN`].
+pub fn is_buyback_rate(raw: &str) -> bool {
+    if let Some(rest) = raw.strip_prefix('1') {
+        return rest.is_empty()
+            || rest.strip_prefix('.').is_some_and(|zeros| {
+                (1..=9).contains(&zeros.len()) && zeros.bytes().all(|b| b == b'0')
+            });
+    }
+    raw.strip_prefix("0.").is_some_and(|digits| {
+        (1..=9).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.ends_with('0')
+    })
+}
+
+/// A decimal the patterns above admitted.
+pub fn decimal(
+    field: &str,
+    raw: &str,
+    admitted: bool,
+) -> Result<rust_decimal::Decimal, actix_web::Error> {
+    let value = admitted
+        .then(|| raw.parse::<rust_decimal::Decimal>().ok())
+        .flatten();
+    value.ok_or_else(|| invalid(field, format!("{raw:?} is not in the documented form")))
+}
+
 /// Checks [`TEXT_PATTERN`] and a length in characters; answers the text as given (the domain
 /// types trim it).
 pub fn text<'a>(field: &str, raw: &'a str, max_chars: usize) -> Result<&'a str, actix_web::Error> {
@@ -564,6 +631,15 @@ mod tests {
             prop_assert_eq!(matches(MODEL_ID_PATTERN, &raw), is_model_id(&raw), "{:?}", raw);
             prop_assert_eq!(matches(PROVIDER_PATTERN, &raw), is_provider(&raw), "{:?}", raw);
             prop_assert_eq!(matches(MODEL_CLASS_PATTERN, &raw), is_model_class(&raw), "{:?}", raw);
+        }
+
+        #[test]
+        fn market_patterns_and_checks_agree(raw in "(TOK\\.)?[a-z0-9A]{0,9}\\.?[0-9]{0,5}-?[0-9]{0,3}", fraction in "[01]?(\\.[0-9]{0,11})?|[0-9.e-]{0,5}") {
+            prop_assert_eq!(matches(MARKET_ASSET_PATTERN, &raw), is_market_asset(&raw), "{:?}", raw);
+            let cycle = raw.rsplit('.').next().unwrap_or_default();
+            prop_assert_eq!(matches(CYCLE_PATTERN, cycle), is_cycle(cycle), "{:?}", cycle);
+            prop_assert_eq!(matches(FRACTION_PATTERN, &fraction), is_fraction(&fraction), "{:?}", fraction);
+            prop_assert_eq!(matches(BUYBACK_RATE_PATTERN, &fraction), is_buyback_rate(&fraction), "{:?}", fraction);
         }
 
         #[test]

@@ -134,10 +134,16 @@ pub fn spawn_auto_sales(
             }
             match market.run_auto_sales(AUTO_SALE_BATCH).await {
                 Ok(report) if report.sold > 0 || report.refused > 0 => {
-                    tracing::info!(sold = report.sold, refused = report.refused, "automatic sales");
+                    tracing::info!(
+                        sold = report.sold,
+                        refused = report.refused,
+                        "automatic sales"
+                    );
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "automatic sales failed; the next pass retries"),
+                Err(error) => {
+                    tracing::warn!(%error, "automatic sales failed; the next pass retries")
+                }
             }
         }
     })

@@ -19,8 +19,8 @@ use crate::auth::session::{self, Sessions};
 use crate::auth::{bootstrap, jwt};
 use crate::config::{redacted, Config};
 use crate::market::Market;
-use crate::ratelimit::{Limit, RateLimiter, RateLimits};
 use crate::metrics::Metrics;
+use crate::ratelimit::{Limit, RateLimiter, RateLimits};
 use crate::{catalog, jobs, metrics, openapi, problem, ratelimit, routes};
 
 /// The metrics registry, sampling the ledger's counters and its database pool at each scrape.
@@ -83,7 +83,10 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             cr_face_value: config.cr_face_value,
             market: market.clone(),
             market_velocity: Arc::new(RateLimiter::new(
-                Limit::new(config.market_orders_per_minute, config.market_orders_per_minute),
+                Limit::new(
+                    config.market_orders_per_minute,
+                    config.market_orders_per_minute,
+                ),
                 100_000,
             )),
         }),
@@ -145,6 +148,8 @@ pub fn app(
         .configure(routes::ledger::configure)
         .configure(routes::models::configure)
         .configure(routes::estimate::configure)
+        .configure(routes::cycles::configure)
+        .configure(routes::market::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }

@@ -121,6 +121,57 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
                         "expected_output_tokens": 10}),
             ),
         ),
+        ("list_classes", Who::Authenticated, None),
+        ("list_cycles", Who::Authenticated, None),
+        (
+            "put_class",
+            Who::Admin,
+            Some(json!({"face_value_per_1m_micro_cr": 1})),
+        ),
+        (
+            "put_allotment",
+            Who::Admin,
+            Some(json!({"tokens_per_cycle": 1})),
+        ),
+        ("open_cycle_now", Who::Admin, None),
+        ("close_cycle_now", Who::Admin, None),
+        ("list_markets", Who::Authenticated, None),
+        ("get_market", Who::Authenticated, None),
+        ("market_quote", Who::Authenticated, None),
+        ("market_depth", Who::Authenticated, None),
+        ("market_fills", Who::Authenticated, None),
+        ("price_history", Who::Authenticated, None),
+        ("patch_market", Who::Admin, Some(json!({}))),
+        ("settings_history", Who::Admin, None),
+        ("org_links", Who::Admin, None),
+        ("link_orgs", Who::Admin, None),
+        ("unlink_orgs", Who::Admin, None),
+        (
+            "create_listing",
+            Who::Member,
+            Some(json!({"asset": "TOK.pro.2026-11", "quantity": 1, "ask_per_1m_micro_cr": 1})),
+        ),
+        ("list_listings", Who::Member, None),
+        ("get_listing", Who::Member, None),
+        (
+            "amend_listing",
+            Who::Member,
+            Some(json!({"quantity_open": 1})),
+        ),
+        ("cancel_listing", Who::Member, None),
+        (
+            "create_order",
+            Who::Member,
+            Some(json!({"asset": "TOK.pro.2026-11", "quantity": 1})),
+        ),
+        ("get_order", Who::Member, None),
+        (
+            "create_buyback",
+            Who::Member,
+            Some(json!({"asset": "TOK.pro.2026-11", "quantity": 1})),
+        ),
+        ("list_buybacks", Who::Member, None),
+        ("get_buyback", Who::Member, None),
     ]
 }
 
@@ -151,6 +202,7 @@ fn request(method: &str, uri: &str, body: Option<&Value>) -> test::TestRequest {
         "GET" => test::TestRequest::get(),
         "POST" => test::TestRequest::post(),
         "PATCH" => test::TestRequest::patch(),
+        "PUT" => test::TestRequest::put(),
         "DELETE" => test::TestRequest::delete(),
         other => panic!("a method the walk does not know: {other}"),
     }
@@ -221,12 +273,21 @@ async fn every_operation_guards_its_door(db: &TestDb) {
         .as_str()
         .expect("a wallet")
         .to_owned();
+    let missing = uuid::Uuid::new_v4().to_string();
     let uri = |path: &str, org: &str| {
         path.replace("{org_id}", org)
             .replace("{key_id}", &key_id)
             .replace("{account_id}", &wallet_id)
             .replace("{transfer_id}", &transfer_id)
             .replace("{model_id}", "gpt-4o")
+            .replace("{asset}", "TOK.pro.2026-11")
+            .replace("{class}", "pro")
+            .replace("{plan}", "teams")
+            .replace("{cycle}", "2026-11")
+            .replace("{other_org_id}", &globex)
+            .replace("{listing_id}", &missing)
+            .replace("{order_id}", &missing)
+            .replace("{buyback_id}", &missing)
     };
     let body_in = |body: &Option<Value>, org: &str| -> Option<Value> {
         body.as_ref().map(|body| {

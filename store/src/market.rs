@@ -382,6 +382,8 @@ pub trait MarketStore: Send + Sync {
 
     async fn listing(&self, id: Uuid) -> Result<Option<ListingRecord>, StoreError>;
 
+    async fn buyback(&self, id: Uuid) -> Result<Option<BuybackRecord>, StoreError>;
+
     /// Open listings in book order (ask, then arrival), at most `limit` (up to
     /// [`BOOK_PAGE_MAX`]), after the listing with key `after` (ask, seq).
     async fn book(
@@ -1313,6 +1315,11 @@ macro_rules! shared_market {
                             other => return other,
                         }
                     }
+                }
+
+                async fn buyback(&self, id: Uuid) -> Result<Option<BuybackRecord>, StoreError> {
+                    let mut conn = self.pool.acquire().await?;
+                    fetch_buyback(&mut conn, id).await
                 }
 
                 async fn listing(&self, id: Uuid) -> Result<Option<ListingRecord>, StoreError> {

@@ -741,6 +741,32 @@ impl Market {
         Ok(book.depth(levels, self.store().clock().now()))
     }
 
+    /// An order and what came of it, as the first run answered.
+    pub async fn order(&self, id: Uuid) -> Result<Option<(OrderRecord, OrderResult)>, MarketError> {
+        let Some((order, fills)) = self.store().order(id).await? else {
+            return Ok(None);
+        };
+        let summary = serde_json::from_str(&order.result).map_err(corrupt)?;
+        let result = OrderResult {
+            order_id: order.id,
+            summary,
+            fills,
+            replayed: true,
+        };
+        Ok(Some((order, result)))
+    }
+
+    /// What the provider would pay now for 1M tokens sold back in this market.
+    pub async fn buyback_price_now(&self, info: &MarketInfo) -> Result<u64, MarketError> {
+        let face = face_value(self.store(), &info.record.class, &info.record.cycle).await?;
+        let now = self.store().clock().now();
+        Ok(info
+            .settings
+            .buyback()
+            .price(face, info.window, now)
+            .per_1m_micro_cr())
+    }
+
     /// The market's most recent fills, newest first.
     pub async fn recent_fills(
         &self,

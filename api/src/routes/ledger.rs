@@ -24,7 +24,10 @@ fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
 }
 
 /// A JSON body from raw bytes (kept raw for the idempotency fingerprint).
-fn json_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, actix_web::Error> {
+pub(crate) fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, actix_web::Error> {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)

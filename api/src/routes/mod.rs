@@ -1,8 +1,10 @@
 //! HTTP routes.
 
 pub mod auth;
+pub mod cycles;
 pub mod estimate;
 pub mod health;
 pub mod ledger;
+pub mod market;
 pub mod models;
 pub mod orgs;

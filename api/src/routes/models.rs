@@ -382,7 +382,7 @@ pub async fn list_models(
 }
 
 /// The catalog is for any signed-in user, and for API keys with the `read` scope.
-fn require_read(caller: &Caller) -> Result<(), actix_web::Error> {
+pub(crate) fn require_read(caller: &Caller) -> Result<(), actix_web::Error> {
     match caller {
         Caller::Key(key) if !key.scopes.contains(credex_store::Scope::Read) => Err(ApiError::new(
             ProblemKind::Forbidden,
