@@ -25,10 +25,16 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(db: &TestDb) -> Self {
+        Self::configured(db, |_| {}).await
+    }
+
+    /// The application with the test's changes to its configuration.
+    pub async fn configured(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("a directory");
         let mut config = Config::new("127.0.0.1:0", dir.path()).with_database_url(db.url());
         config.admin_email = Some(ADMIN.to_owned());
         config.admin_password = Some(Secret::new(PASSWORD));
+        adjust(&mut config);
         let clock = Arc::new(ManualClock::new(NOV_26));
         let assembled = assemble(&config, clock.clone()).await.expect("assemble");
         Self {
