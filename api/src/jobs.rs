@@ -142,7 +142,7 @@ pub fn spawn_auto_sales(
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "automatic sales failed; the next pass retries")
+                    tracing::warn!(%error, "automatic sales failed; the next pass retries");
                 }
             }
         }
