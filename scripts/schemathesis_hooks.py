@@ -16,6 +16,7 @@ relate two values rather than constrain one:
   otherwise, documented): the built-in models' prices start in the past, and a model added by
   the run (or imported) has no price before its first one takes effect.
 - A price's long-context tiers start above different numbers of prompt tokens (422 otherwise).
+- A listing's `min_fill` is at most its `quantity` (422 otherwise).
 - A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
   otherwise); a user (not an API key) names the org it previews for (422 otherwise).
 
@@ -187,6 +188,15 @@ PRICE_PATHS = (
 )
 
 
+def _min_fill_within(body):
+    """A listing's minimum fill is at most its quantity (422 otherwise, documented)."""
+    if not isinstance(body, dict):
+        return
+    quantity, min_fill = _whole(body.get("quantity")), _whole(body.get("min_fill"))
+    if quantity is not None and min_fill is not None and quantity >= 1 and min_fill > quantity:
+        body["min_fill"] = body["quantity"]
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     _fresh_key(case.headers)
@@ -204,3 +214,5 @@ def before_call(context, case, kwargs):
         _at_once(case.query)
     elif case.path == "/v1/estimate":
         _fit_preview(case.body)
+    elif case.path == "/v1/orgs/{org_id}/listings":
+        _min_fill_within(case.body)

@@ -400,6 +400,28 @@ pub fn instant(field: &str, raw: &str) -> Result<credex_ledger::Timestamp, actix
         .ok_or_else(|| invalid(field, "an RFC 3339 date-time, such as 2026-11-26T14:35:05Z"))
 }
 
+/// Objects in a JSON body. serde also builds a struct from an array of its fields in order
+/// (`[null, null]`), which JSON Schema calls no object at all; a field with
+/// `#[serde(default, deserialize_with = "object::optional")]` takes only an object (or `null`).
+pub mod object {
+    use serde::de::{DeserializeOwned, Deserializer, Error};
+    use serde::Deserialize;
+
+    pub fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        match Option::<serde_json::Value>::deserialize(deserializer)? {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value @ serde_json::Value::Object(_)) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(D::Error::custom),
+            Some(_) => Err(D::Error::custom("expected an object")),
+        }
+    }
+}
+
 /// JSON Schema's `integer` is a number whose value is whole: `3`, `3.0` and `3e0` are all the
 /// integer 3. These deserialize such numbers (and, in query strings, such text) into unsigned
 /// integers; fractions, negatives and values out of range are refused.
@@ -485,6 +507,15 @@ pub mod integer {
         T: TryFrom<u64>,
     {
         maybe(deserializer, false)
+    }
+
+    /// A required integer query parameter: `3`, or a whole number spelled as a float (`3.0`).
+    pub fn required_in_query<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        narrow::<D, T>(whole(deserializer, true)?)
     }
 
     /// An optional integer query parameter: `3`, or a whole number spelled as a float (`3.0`).

@@ -148,3 +148,33 @@ pub fn spawn_auto_sales(
         }
     })
 }
+
+/// Scans for the patterns fraud review flags (see [`crate::review`]) every `period`, until
+/// `stop`. Safe in every process at once: a flag is raised once.
+pub fn spawn_review(
+    store: Arc<dyn Store>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let policy = crate::review::ReviewPolicy::default();
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = store.clock().now();
+            match crate::review::scan(store.as_ref(), &policy, now).await {
+                Ok(report) if report.raised > 0 => {
+                    tracing::warn!(raised = report.raised, "fraud review raised flags");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "the fraud review scan failed; the next pass retries");
+                }
+            }
+        }
+    })
+}

@@ -81,6 +81,10 @@ use crate::routes;
         routes::market::create_buyback,
         routes::market::list_buybacks,
         routes::market::get_buyback,
+        routes::review::review_flags,
+        routes::review::review_scan,
+        routes::review::clear_flag,
+        routes::review::org_review_flags,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth, &FrameworkResponses, &ClosedVariants),
@@ -91,6 +95,7 @@ use crate::routes;
         (name = "models", description = "The model catalog and its dated prices, org custom prices, LiteLLM imports, and cost previews"),
         (name = "cycles", description = "Model classes, plans' allotments and billing cycles"),
         (name = "market", description = "The market: quotes and depth, listings, buy orders (emergency credits included), buybacks, and its admin settings"),
+        (name = "review", description = "Fraud review: flags on orgs whose trading needs an admin's look, and clearing them"),
         (name = "operations", description = "Probes and metrics for load balancers, orchestrators and Prometheus"),
     ),
 )]
@@ -234,7 +239,7 @@ impl utoipa::Modify for ClosedVariants {
         let Some(components) = document.components.as_mut() else {
             return;
         };
-        for name in ["TransferRequest"] {
+        for name in ["TransferRequest", "CurveBody", "LimitBody"] {
             let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
                 panic!("{name} is a oneOf of its variants");
             };

@@ -150,6 +150,7 @@ pub fn app(
         .configure(routes::estimate::configure)
         .configure(routes::cycles::configure)
         .configure(routes::market::configure)
+        .configure(routes::review::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
@@ -209,6 +210,7 @@ impl Application {
             jobs::spawn_expiry(store.clone(), Duration::from_secs(1), stopped.clone()),
             jobs::spawn_cycles(ledger.clone(), Duration::from_secs(60), stopped.clone()),
             jobs::spawn_auto_sales(market, Duration::from_secs(10), stopped.clone()),
+            jobs::spawn_review(store.clone(), Duration::from_secs(300), stopped.clone()),
             jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),
         ];
         tracing::info!(port, "credex is listening");

@@ -172,6 +172,10 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ),
         ("list_buybacks", Who::Member, None),
         ("get_buyback", Who::Member, None),
+        ("review_flags", Who::Admin, None),
+        ("review_scan", Who::Admin, None),
+        ("clear_flag", Who::Admin, Some(json!({"note": "fine"}))),
+        ("org_review_flags", Who::Member, None),
     ]
 }
 
@@ -288,6 +292,7 @@ async fn every_operation_guards_its_door(db: &TestDb) {
             .replace("{listing_id}", &missing)
             .replace("{order_id}", &missing)
             .replace("{buyback_id}", &missing)
+            .replace("{flag_id}", &missing)
     };
     let body_in = |body: &Option<Value>, org: &str| -> Option<Value> {
         body.as_ref().map(|body| {

@@ -23,6 +23,7 @@ mod ledger;
 pub mod market;
 mod postgres;
 pub mod pricing;
+pub mod review;
 mod sql;
 mod sqlite;
 
@@ -58,6 +59,10 @@ pub use postgres::PostgresStore;
 pub use pricing::{
     ImportChange, ImportCounts, ModelFilter, ModelPrices, ModelRecord, ModelSource, PriceRecord,
     PriceScope, PricingError, PricingStore, PutPrice,
+};
+pub use review::{
+    AlertChannel, AlertOutcome, AlertRecord, AlertState, FlagKind, FlagRecord, NewFlag, OpenFlag,
+    PairTrades, ReviewStore, SellerFigures,
 };
 pub use sqlite::SqliteStore;
 
@@ -226,6 +231,7 @@ pub trait Store:
     + PricingStore
     + CycleStore
     + MarketStore
+    + ReviewStore
     + Send
     + Sync
     + fmt::Debug

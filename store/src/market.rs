@@ -296,6 +296,8 @@ pub struct MarketView {
     pub order: Option<(OrderRecord, Vec<FillRecord>)>,
     pub buyback: Option<BuybackRecord>,
     pub org: Option<Org>,
+    /// The org's open review flags (with `org`): it cannot trade while it has any.
+    pub review_flags: Vec<crate::review::OpenFlag>,
     pub usage: Option<SellUsage>,
     pub linked: BTreeSet<OrgId>,
     pub balances: HashMap<AccountId, Balance>,
@@ -752,6 +754,30 @@ macro_rules! shared_market {
                 raw.into_org().map(Some).map_err(StoreError::corrupt)
             }
 
+            async fn fetch_open_flags(
+                conn: &mut Connection,
+                org: OrgId,
+            ) -> Result<Vec<crate::review::OpenFlag>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT kind, reason FROM review_flags WHERE org_id = $1 \
+                     AND cleared_at IS NULL ORDER BY raised_at, id LIMIT 8",
+                )
+                .bind(org.as_uuid())
+                .fetch_all(&mut *conn)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let kind: String = row.try_get("kind")?;
+                        Ok(crate::review::OpenFlag {
+                            kind: crate::review::FlagKind::parse(&kind).ok_or_else(|| {
+                                StoreError::corrupt(format!("a flag kind {kind:?}"))
+                            })?,
+                            reason: row.try_get("reason")?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn fetch_usage(
                 conn: &mut Connection,
                 asset: &AssetCode,
@@ -887,6 +913,10 @@ macro_rules! shared_market {
                     Some(id) => fetch_org(&mut *conn, id).await?,
                     None => None,
                 };
+                let review_flags = match reads.org {
+                    Some(id) => fetch_open_flags(&mut *conn, id).await?,
+                    None => Vec::new(),
+                };
                 let usage = match reads.usage_of {
                     Some(id) => Some(fetch_usage(&mut *conn, &asset, id).await?),
                     None => None,
@@ -906,6 +936,7 @@ macro_rules! shared_market {
                     order,
                     buyback,
                     org,
+                    review_flags,
                     usage,
                     linked,
                     balances,

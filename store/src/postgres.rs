@@ -62,6 +62,7 @@ crate::idempotency::shared_idempotency!(PostgresStore);
 crate::pricing::shared_pricing!(PostgresStore, sqlx::Postgres, dialect);
 crate::cycles::shared_cycles!(PostgresStore, sqlx::Postgres, dialect);
 crate::market::shared_market!(PostgresStore, sqlx::Postgres, dialect);
+crate::review::shared_review!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;

@@ -60,6 +60,7 @@ crate::idempotency::shared_idempotency!(SqliteStore);
 crate::pricing::shared_pricing!(SqliteStore, sqlx::Sqlite, dialect);
 crate::cycles::shared_cycles!(SqliteStore, sqlx::Sqlite, dialect);
 crate::market::shared_market!(SqliteStore, sqlx::Sqlite, dialect);
+crate::review::shared_review!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()

@@ -846,7 +846,7 @@ fn plan_list(
         .org
         .as_ref()
         .ok_or(MarketError::UnknownOrg(request.seller))?;
-    policy.check_seller(org, view.now)?;
+    policy.check_seller(org, &view.review_flags, view.now)?;
     let market = &view.market;
     if view.now < market.window_open || view.now >= market.cycle_end {
         return Err(MarketError::OutsideListingWindow {
@@ -1036,7 +1036,7 @@ fn plan_buy(view: &MarketView, context: &BuyContext<'_>) -> Result<Plan<OrderRes
         .org
         .as_ref()
         .ok_or(MarketError::UnknownOrg(request.buyer))?;
-    context.policy.check_trader(org)?;
+    context.policy.check_trader(org, &view.review_flags)?;
     let info = MarketInfo::parse(view.market.clone())?;
     let provider_fill = if request.allow_provider_fill && info.settings.provider_fill() {
         let price = info.settings.provider_list_price_per_1m_micro_cr();
@@ -1250,7 +1250,7 @@ fn plan_buyback(
         .org
         .as_ref()
         .ok_or(MarketError::UnknownOrg(request.org))?;
-    policy.check_seller(org, view.now)?;
+    policy.check_seller(org, &view.review_flags, view.now)?;
     let market = &view.market;
     if view.now >= market.cycle_end {
         return Err(MarketError::MarketEnded {
@@ -1347,7 +1347,7 @@ fn plan_auto_sale(
         return Ok(Plan::Done(None));
     };
     let due = listing.auto_sell_at.is_some_and(|at| at <= view.now);
-    let frozen = view.org.as_ref().is_none_or(|org| org.frozen);
+    let frozen = view.org.as_ref().is_none_or(|org| org.frozen) || !view.review_flags.is_empty();
     if listing.state != ListingState::Open || !due || frozen || view.now >= view.market.cycle_end {
         return Ok(Plan::Done(None));
     }

@@ -3,7 +3,7 @@
 //! row as it is then.
 
 use credex_ledger::Timestamp;
-use credex_store::{Org, Plan, SellUsage};
+use credex_store::{FlagKind, OpenFlag, Org, Plan, SellUsage};
 use serde::Serialize;
 
 /// Microseconds in a day.
@@ -36,11 +36,13 @@ impl Default for FraudPolicy {
 }
 
 /// Why an org may not sell or trade now; each case says what would change the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
 #[serde(rename_all = "snake_case", tag = "reason")]
 pub enum Refusal {
     #[error("the org is frozen pending an admin's review; it cannot trade until cleared")]
     Frozen,
+    #[error("the org is flagged for review ({}): {explanation}; it cannot trade until an admin clears the flag", kind.as_str())]
+    UnderReview { kind: FlagKind, explanation: String },
     #[error("selling needs identity verification level {required}; the org has {level}")]
     Unverified { level: u8, required: u8 },
     #[error(
@@ -61,17 +63,28 @@ pub enum Refusal {
 }
 
 impl FraudPolicy {
-    /// Whether the org may trade at all (buy or sell).
-    pub fn check_trader(&self, org: &Org) -> Result<(), Refusal> {
+    /// Whether the org may trade at all (buy or sell): not frozen, and no open review flag.
+    pub fn check_trader(&self, org: &Org, flags: &[OpenFlag]) -> Result<(), Refusal> {
         if org.frozen {
             return Err(Refusal::Frozen);
+        }
+        if let Some(flag) = flags.first() {
+            return Err(Refusal::UnderReview {
+                kind: flag.kind,
+                explanation: flag.reason.clone(),
+            });
         }
         Ok(())
     }
 
     /// Whether the org may sell now (list, or sell back to the provider).
-    pub fn check_seller(&self, org: &Org, now: Timestamp) -> Result<(), Refusal> {
-        self.check_trader(org)?;
+    pub fn check_seller(
+        &self,
+        org: &Org,
+        flags: &[OpenFlag],
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        self.check_trader(org, flags)?;
         let level = org.verification_level.get();
         if level < self.min_verification_level {
             return Err(Refusal::Unverified {
@@ -137,7 +150,7 @@ mod tests {
         let policy = FraudPolicy::default();
         let now = Timestamp::from_micros(100 * DAY_MICROS);
         let check = |org: Org, expected: Result<(), Refusal>| {
-            assert_eq!(policy.check_seller(&org, now), expected, "{org:?}");
+            assert_eq!(policy.check_seller(&org, &[], now), expected, "{org:?}");
         };
         check(org(Plan::Teams, 1, false, 14), Ok(()));
         check(org(Plan::Enterprise, 3, false, 90), Ok(()));
@@ -157,6 +170,24 @@ mod tests {
             }),
         );
         check(org(Plan::Free, 1, false, 30), Err(Refusal::FreePlan));
+        let flag = OpenFlag {
+            kind: FlagKind::RepeatedCounterparty,
+            reason: "12 trades with one org".to_owned(),
+        };
+        assert_eq!(
+            policy.check_seller(
+                &org(Plan::Teams, 1, false, 30),
+                std::slice::from_ref(&flag),
+                now
+            ),
+            Err(Refusal::UnderReview {
+                kind: flag.kind,
+                explanation: flag.reason.clone(),
+            })
+        );
+        assert!(policy
+            .check_trader(&org(Plan::Free, 0, false, 0), &[flag])
+            .is_err());
     }
 
     #[test]

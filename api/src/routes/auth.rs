@@ -88,6 +88,22 @@ pub async fn login(
         .start(auth.store.as_ref(), &user)
         .await
         .map_err(|error| ApiError::internal(&error))?;
+    // Where the org's people sign in from, for fraud review (clusters of new orgs).
+    if let Some(peer) = req.peer_addr() {
+        let block = crate::review::address_block(peer.ip());
+        let now = auth.store.clock().now();
+        let orgs = auth
+            .store
+            .memberships_of(user.id)
+            .await
+            .map_err(|error| ApiError::internal(&error))?;
+        for (org, _) in orgs {
+            auth.store
+                .record_address(org.id, &block, now)
+                .await
+                .map_err(|error| ApiError::internal(&error))?;
+        }
+    }
     Ok(HttpResponse::Ok().json(pair))
 }
 

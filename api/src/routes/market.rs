@@ -192,7 +192,7 @@ pub struct BuybackTerms {
     #[schema(pattern = r"^(0\.[0-9]{0,8}[1-9]|1(\.0{1,9})?)$")]
     pub rate: Option<String>,
     /// A decay of the buyback price over the listing window; none keeps it flat.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "input::object::optional")]
     pub schedule: Option<CurveBody>,
     /// The most µCR buybacks pay in the cycle, all orgs together (none: no cap; 0 stops them).
     #[serde(default, deserialize_with = "integer::optional")]
@@ -374,9 +374,9 @@ pub async fn get_market(
 #[into_params(parameter_in = Query)]
 pub struct QuoteQuery {
     /// Tokens (1 to 10^12).
-    #[serde(deserialize_with = "integer::optional_in_query", default)]
+    #[serde(deserialize_with = "integer::required_in_query")]
     #[param(minimum = 1, maximum = 1_000_000_000_000_u64)]
-    quantity: Option<u64>,
+    quantity: u64,
 }
 
 /// What buying a quantity from the book would cost now.
@@ -411,7 +411,7 @@ pub struct QuoteView {
         (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No market trades this asset", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The market is not open now (before its window, or after the cycle ended)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No quantity, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid quantity", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn market_quote(
@@ -422,11 +422,7 @@ pub async fn market_quote(
 ) -> Result<HttpResponse, actix_web::Error> {
     require_read(&caller)?;
     let asset = asset_of_path(&path)?;
-    let quantity = query
-        .into_inner()
-        .quantity
-        .ok_or_else(|| invalid("quantity", "required"))?;
-    let quantity = in_range("quantity", quantity, 1..=QUANTITY_MAX)?;
+    let quantity = in_range("quantity", query.into_inner().quantity, 1..=QUANTITY_MAX)?;
     let info = existing_market(&state, &asset).await?;
     let quote = state
         .market
@@ -716,12 +712,14 @@ pub struct MarketPatch {
     /// When listings open (before the cycle's end); the decay runs from here.
     #[schema(format = DateTime)]
     window_opens_at: Option<String>,
+    #[serde(default, deserialize_with = "input::object::optional")]
     curve: Option<CurveBody>,
     /// The fee on each fill, a fraction of its cost from 0 to below 1.
     #[schema(pattern = r"^0(\.[0-9]{1,9})?$")]
     fee_rate: Option<String>,
     fee_payer: Option<FeePayerName>,
     /// The buyback terms, replaced whole.
+    #[serde(default, deserialize_with = "input::object::optional")]
     buyback: Option<BuybackTerms>,
     /// µCR per 1M tokens for emergency credits (1 to 10^12).
     #[serde(default, deserialize_with = "integer::optional")]
@@ -1508,6 +1506,7 @@ pub struct OrderBody {
     #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     quantity: u64,
     /// No limit: buy at whatever the book asks.
+    #[serde(default, deserialize_with = "input::object::optional")]
     limit: Option<LimitBody>,
     /// Let the provider sell what the listings cannot, at its list price (emergency credits).
     #[serde(default)]
@@ -1816,9 +1815,10 @@ pub async fn create_buyback(
 pub struct BuybacksQuery {
     /// The token asset.
     #[param(
+        required = true,
         pattern = r"^TOK\.[a-z][a-z0-9]{0,7}\.(19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])$"
     )]
-    asset: String,
+    asset: Option<String>,
 }
 
 /// The org's buybacks in a market, oldest first (members; API keys need `read`).
@@ -1841,7 +1841,11 @@ pub async fn list_buybacks(
     query: web::Query<BuybacksQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let asset = asset_of_body(&query.asset)?;
+    let asset = query
+        .asset
+        .as_deref()
+        .ok_or_else(|| invalid("asset", "required"))?;
+    let asset = asset_of_body(asset)?;
     let records = state
         .ledger
         .store()

@@ -8,3 +8,4 @@ pub mod ledger;
 pub mod market;
 pub mod models;
 pub mod orgs;
+pub mod review;
