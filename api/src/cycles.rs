@@ -15,7 +15,8 @@
 //! marks any listing still open as expired, then expires, account by account,
 //! what each org account and the treasury could still give. Pending debits are not expired
 //! with the rest: a hold voided later frees tokens that the next run expires (with a new id,
-//! as the posted debits differ).
+//! as the posted debits differ); `credex serve` closes the cycles of the last 40 days again
+//! every hour for this.
 
 use std::collections::BTreeMap;
 use std::fmt;

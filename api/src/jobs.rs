@@ -69,6 +69,9 @@ pub fn spawn_idempotency_purge(
     })
 }
 
+/// How many passes of [`spawn_cycles`] between sweeps of recently closed cycles.
+pub const SWEEP_EVERY: u64 = 60;
+
 /// Opens the current billing cycle (allotting orgs that joined since the last pass) and
 /// closes every ended cycle that is not closed, every `period`, until `stop`. Safe in every
 /// process at once: both jobs are idempotent (see [`crate::cycles`]).
@@ -81,11 +84,13 @@ pub fn spawn_cycles(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut passes: u64 = 0;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
+            passes = passes.wrapping_add(1);
             let now = ledger.store().clock().now();
             let ended = match ledger.store().cycles(120).await {
                 Ok(cycles) => cycles,
@@ -94,10 +99,13 @@ pub fn spawn_cycles(
                     continue;
                 }
             };
-            for record in ended
-                .iter()
-                .filter(|c| c.closed_at.is_none() && c.ends_at <= now)
-            {
+            // Every `SWEEP_EVERY` passes, closed cycles of the last 40 days are closed again:
+            // a hold released after its cycle closed frees tokens, and this expires them.
+            let sweep = passes % SWEEP_EVERY == 1;
+            let recent = now.plus_micros(-40 * 86_400_000_000);
+            for record in ended.iter().filter(|c| {
+                c.ends_at <= now && (c.closed_at.is_none() || (sweep && c.ends_at >= recent))
+            }) {
                 let Ok(cycle) = CycleId::parse(&record.cycle) else {
                     continue;
                 };
