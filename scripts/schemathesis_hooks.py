@@ -17,6 +17,9 @@ relate two values rather than constrain one:
   the run (or imported) has no price before its first one takes effect.
 - A price's long-context tiers start above different numbers of prompt tokens (422 otherwise).
 - A listing's `min_fill` is at most its `quantity` (422 otherwise).
+- A price alert's webhook URL parses as `http://host[:port]/path` and names a public host (422
+  otherwise); e-mail addresses that the SMTP client cannot take are refused likewise, but the
+  conformance server has no SMTP relay, so e-mail alerts answer 409 first.
 - A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
   otherwise); a user (not an API key) names the org it previews for (422 otherwise).
 
@@ -188,6 +191,16 @@ PRICE_PATHS = (
 )
 
 
+def _public_webhook(body):
+    """A webhook URL must parse as a plain http:// URL and name a public host (422 otherwise,
+    documented); generated text rarely does, so a well-formed one is swapped for one that does."""
+    notify = body.get("notify") if isinstance(body, dict) else None
+    if isinstance(notify, dict) and notify.get("channel") == "webhook":
+        url = notify.get("url")
+        if isinstance(url, str) and re.fullmatch(r"http://[!-~]+", url) and len(url) <= 2048:
+            notify["url"] = "http://hooks.example.com/credex"
+
+
 def _min_fill_within(body):
     """A listing's minimum fill is at most its quantity (422 otherwise, documented)."""
     if not isinstance(body, dict):
@@ -216,3 +229,5 @@ def before_call(context, case, kwargs):
         _fit_preview(case.body)
     elif case.path == "/v1/orgs/{org_id}/listings":
         _min_fill_within(case.body)
+    elif case.path == "/v1/orgs/{org_id}/price-alerts":
+        _public_webhook(case.body)

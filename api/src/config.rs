@@ -22,7 +22,7 @@ pub struct ConfigArgs {
     /// A TOML file with any of: bind, data_dir, database_url, admin_email, admin_password,
     /// jwt_secret, jwt_previous_secrets, cr_face_value_usd, market_min_verification_level,
     /// market_min_org_age_days, market_paid_plan_required, market_sell_cap_basis_points,
-    /// market_orders_per_minute.
+    /// market_orders_per_minute, smtp_host, smtp_port, smtp_from, webhooks_allow_private.
     #[arg(long = "config", env = "CREDEX_CONFIG")]
     pub config_file: Option<PathBuf>,
 
@@ -89,6 +89,24 @@ pub struct ConfigArgs {
     /// minute [default: 120].
     #[arg(long, env = "CREDEX_MARKET_ORDERS_PER_MINUTE")]
     pub market_orders_per_minute: Option<u32>,
+
+    /// The SMTP relay price alerts are e-mailed through (plain SMTP); without it, alerts by
+    /// e-mail are refused.
+    #[arg(long, env = "CREDEX_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+
+    /// The SMTP relay's port [default: 25].
+    #[arg(long, env = "CREDEX_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+
+    /// The sender of alert e-mails [default: alerts@credex.localhost].
+    #[arg(long, env = "CREDEX_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+
+    /// Whether price-alert webhooks may target loopback and private addresses [default:
+    /// false]; for tests and single-host setups.
+    #[arg(long, env = "CREDEX_WEBHOOKS_ALLOW_PRIVATE")]
+    pub webhooks_allow_private: Option<bool>,
 }
 
 /// The keys a configuration file may hold; any other key is an error, not a silent no-op.
@@ -110,6 +128,10 @@ struct FileConfig {
     market_paid_plan_required: Option<bool>,
     market_sell_cap_basis_points: Option<u32>,
     market_orders_per_minute: Option<u32>,
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_from: Option<String>,
+    webhooks_allow_private: Option<bool>,
 }
 
 /// A value that must not reach logs.
@@ -148,7 +170,14 @@ pub struct Config {
     pub market_policy: FraudPolicy,
     /// Market writes (listings, amendments, cancels, orders, buybacks) per org per minute.
     pub market_orders_per_minute: u32,
+    /// The SMTP relay for alert e-mails: host, port, sender.
+    pub smtp: Option<(String, u16, String)>,
+    /// Whether alert webhooks may target loopback and private addresses.
+    pub webhooks_allow_private: bool,
 }
+
+/// The default sender of alert e-mails.
+pub const DEFAULT_SMTP_FROM: &str = "alerts@credex.localhost";
 
 /// The default of [`Config::market_orders_per_minute`].
 pub const DEFAULT_MARKET_ORDERS_PER_MINUTE: u32 = 120;
@@ -223,6 +252,19 @@ impl Config {
                 }
                 rate
             },
+            smtp: args.smtp_host.or(file.smtp_host).map(|host| {
+                (
+                    host,
+                    args.smtp_port.or(file.smtp_port).unwrap_or(25),
+                    args.smtp_from
+                        .or(file.smtp_from)
+                        .unwrap_or_else(|| DEFAULT_SMTP_FROM.to_owned()),
+                )
+            }),
+            webhooks_allow_private: args
+                .webhooks_allow_private
+                .or(file.webhooks_allow_private)
+                .unwrap_or(false),
         })
     }
 
@@ -239,6 +281,8 @@ impl Config {
             cr_face_value: CrFaceValue::ONE_USD,
             market_policy: FraudPolicy::default(),
             market_orders_per_minute: DEFAULT_MARKET_ORDERS_PER_MINUTE,
+            smtp: None,
+            webhooks_allow_private: false,
         }
     }
 

@@ -407,6 +407,14 @@ pub mod object {
     use serde::de::{DeserializeOwned, Deserializer, Error};
     use serde::Deserialize;
 
+    pub fn required<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        optional(deserializer)?.ok_or_else(|| D::Error::custom("expected an object"))
+    }
+
     pub fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,

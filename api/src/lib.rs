@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate holds no ledger rule. It parses what comes in, calls
 //! `credex-store`'s [`Ledger`](credex_store::Ledger), and renders what comes out.
 
+pub mod alerts;
 pub mod auth;
 pub mod bench;
 pub mod catalog;

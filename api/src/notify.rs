@@ -796,6 +796,17 @@ impl Webhooks {
 
 /// The `Credex-Signature` header value for `body` sent at `now_unix`:
 /// `t=<now_unix>,v1=<hex HMAC-SHA256(secret, "<now_unix>.<body>")>`.
+/// Whether [`Mailer::send`] takes `address` as a recipient (plain ASCII `local@domain`).
+pub fn is_deliverable_address(address: &str) -> bool {
+    check_address("to", address).is_ok()
+}
+
+/// The host and port of a URL [`Webhooks::post`] takes (`http://` only), or why not.
+pub fn webhook_target(url: &str) -> Result<(String, u16), NotifyError> {
+    let parsed = parse_url(url)?;
+    Ok((parsed.host.to_owned(), parsed.port))
+}
+
 pub fn signature(secret: &[u8], now_unix: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(now_unix.to_string().as_bytes());

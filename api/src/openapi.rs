@@ -81,6 +81,10 @@ use crate::routes;
         routes::market::create_buyback,
         routes::market::list_buybacks,
         routes::market::get_buyback,
+        routes::alerts::create_price_alert,
+        routes::alerts::price_alerts,
+        routes::alerts::get_price_alert,
+        routes::alerts::cancel_price_alert,
         routes::review::review_flags,
         routes::review::review_scan,
         routes::review::clear_flag,
@@ -239,7 +243,7 @@ impl utoipa::Modify for ClosedVariants {
         let Some(components) = document.components.as_mut() else {
             return;
         };
-        for name in ["TransferRequest", "CurveBody", "LimitBody"] {
+        for name in ["TransferRequest", "CurveBody", "LimitBody", "AlertTarget"] {
             let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
                 panic!("{name} is a oneOf of its variants");
             };

@@ -14,6 +14,7 @@ use credex_pricing::CrFaceValue;
 use credex_store::{Ledger, Store, SystemClock};
 use tokio::sync::watch;
 
+use crate::alerts::Alerts;
 use crate::auth::access::Authenticator;
 use crate::auth::session::{self, Sessions};
 use crate::auth::{bootstrap, jwt};
@@ -45,6 +46,7 @@ pub struct Assembled {
     pub store: Arc<dyn Store>,
     pub ledger: Arc<Ledger>,
     pub market: Arc<Market>,
+    pub alerts: Arc<Alerts>,
 }
 
 /// Opens the database (running migrations), the ledger, the first admin and the signing key:
@@ -77,11 +79,16 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     let keys = jwt::Keys::from_secrets(session::ISSUER, session::AUDIENCE, secret, retired)
         .map_err(|error| anyhow::anyhow!("CREDEX_JWT_SECRET: {error}"))?;
     let market = Arc::new(Market::new(ledger.clone(), config.market_policy));
+    let alerts = Arc::new(
+        Alerts::new(config.smtp.as_ref(), config.webhooks_allow_private)
+            .map_err(|error| anyhow::anyhow!("the SMTP configuration: {error}"))?,
+    );
     let parts = Parts {
         state: web::Data::new(AppState {
             ledger: ledger.clone(),
             cr_face_value: config.cr_face_value,
             market: market.clone(),
+            alerts: alerts.clone(),
             market_velocity: Arc::new(RateLimiter::new(
                 Limit::new(
                     config.market_orders_per_minute,
@@ -102,6 +109,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         store,
         ledger,
         market,
+        alerts,
     })
 }
 
@@ -151,6 +159,7 @@ pub fn app(
         .configure(routes::cycles::configure)
         .configure(routes::market::configure)
         .configure(routes::review::configure)
+        .configure(routes::alerts::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
@@ -163,6 +172,8 @@ pub struct AppState {
     pub cr_face_value: CrFaceValue,
     /// The market service.
     pub market: Arc<Market>,
+    /// Price alerts' delivery.
+    pub alerts: Arc<Alerts>,
     /// How many market writes each org may send per minute.
     pub market_velocity: Arc<RateLimiter>,
 }
@@ -195,6 +206,7 @@ impl Application {
             store,
             ledger,
             market,
+            alerts,
         } = assemble(config, clock).await?;
 
         let listener = TcpListener::bind(&config.bind)
@@ -209,7 +221,8 @@ impl Application {
         let jobs = vec![
             jobs::spawn_expiry(store.clone(), Duration::from_secs(1), stopped.clone()),
             jobs::spawn_cycles(ledger.clone(), Duration::from_secs(60), stopped.clone()),
-            jobs::spawn_auto_sales(market, Duration::from_secs(10), stopped.clone()),
+            jobs::spawn_auto_sales(market.clone(), Duration::from_secs(10), stopped.clone()),
+            crate::alerts::spawn(alerts, market, Duration::from_secs(10), stopped.clone()),
             jobs::spawn_review(store.clone(), Duration::from_secs(300), stopped.clone()),
             jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),
         ];

@@ -172,6 +172,15 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ),
         ("list_buybacks", Who::Member, None),
         ("get_buyback", Who::Member, None),
+        (
+            "create_price_alert",
+            Who::Member,
+            Some(json!({"asset": "TOK.pro.2026-11", "below_per_1m_micro_cr": 1,
+                        "notify": {"channel": "webhook", "url": "http://hooks.example.com/a"}})),
+        ),
+        ("price_alerts", Who::Member, None),
+        ("get_price_alert", Who::Member, None),
+        ("cancel_price_alert", Who::Member, None),
         ("review_flags", Who::Admin, None),
         ("review_scan", Who::Admin, None),
         ("clear_flag", Who::Admin, Some(json!({"note": "fine"}))),
@@ -293,6 +302,7 @@ async fn every_operation_guards_its_door(db: &TestDb) {
             .replace("{order_id}", &missing)
             .replace("{buyback_id}", &missing)
             .replace("{flag_id}", &missing)
+            .replace("{alert_id}", &missing)
     };
     let body_in = |body: &Option<Value>, org: &str| -> Option<Value> {
         body.as_ref().map(|body| {

@@ -1,172 +1,29 @@
 //! Notification delivery against real servers: e-mail to aiosmtpd (a real SMTP server, from the
 //! project's Python venv) whose maildir is then read back and parsed by Python's `email`
-//! package; webhooks to a real actix-web server that records what it parsed.
+//! package; webhooks to a real actix-web server that records what it parsed. The servers are
+//! in `common::servers`.
 //!
 //! The venv's Python is `CREDEX_TEST_PYTHON`, or `<workspace>/.venv/bin/python` (`.ci/run`
 //! installs aiosmtpd there). Without it these tests fail; they never skip.
 
+mod common;
+
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use common::servers::{free_port, parse_with_python, SmtpServer, WebhookServer, FROM};
 use credex_api::notify::{Mailer, MailerConfig, NotifyError, Step, Webhooks, WebhooksConfig};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use uuid::Uuid;
 
-const FROM: &str = "alerts@credex.example";
 const TO: &str = "ops@org.example";
 
 // ---------------------------------------------------------------------------------------------
 // SMTP
 // ---------------------------------------------------------------------------------------------
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("CREDEX_TEST_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "the notify tests need Python with aiosmtpd: {} does not exist. Set CREDEX_TEST_PYTHON, \
-         or run `python3 -m venv .venv && .venv/bin/pip install aiosmtpd==1.4.6` in the \
-         workspace (.ci/run does this)",
-        path.display()
-    );
-    let check = Command::new(&path)
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .expect("run Python");
-    assert!(
-        check.status.success(),
-        "{} cannot import aiosmtpd: run `{} -m pip install aiosmtpd==1.4.6`\n{}",
-        path.display(),
-        path.display(),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-/// aiosmtpd on 127.0.0.1, storing what it receives in a maildir; killed on drop.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpServer {
-    fn start() -> Self {
-        let python = python();
-        // The port is picked free and then handed over, so another process may take it in
-        // between: try a few.
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("a directory");
-            let port = free_port();
-            let stderr = std::fs::File::create(dir.path().join("stderr")).expect("a log");
-            let child = Command::new(&python)
-                .args(["-m", "aiosmtpd", "-n", "-l"])
-                .arg(format!("127.0.0.1:{port}"))
-                .args(["-c", "aiosmtpd.handlers.Mailbox"])
-                .arg(dir.path().join("maildir"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("start aiosmtpd");
-            let mut server = Self { child, port, dir };
-            if server.wait_until_listening() {
-                return server;
-            }
-        }
-        panic!("aiosmtpd did not start three times");
-    }
-
-    /// True once the port accepts; false if aiosmtpd exited (the port was taken).
-    fn wait_until_listening(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let address = ([127, 0, 0, 1], self.port).into();
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("aiosmtpd's status") {
-                let log = std::fs::read_to_string(self.dir.path().join("stderr"));
-                eprintln!("aiosmtpd exited ({status}): {}", log.unwrap_or_default());
-                return false;
-            }
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("aiosmtpd did not listen on port {} within 30 s", self.port);
-    }
-
-    fn mailer(&self, timeout: Duration) -> Mailer {
-        Mailer::new(MailerConfig {
-            host: "127.0.0.1".to_owned(),
-            port: self.port,
-            from: FROM.to_owned(),
-            timeout,
-        })
-        .expect("a mailer")
-    }
-
-    /// The raw files of the maildir's new messages.
-    fn messages(&self) -> Vec<PathBuf> {
-        let new = self.dir.path().join("maildir").join("new");
-        let mut files: Vec<_> = std::fs::read_dir(new)
-            .expect("the maildir")
-            .map(|entry| entry.expect("an entry").path())
-            .collect();
-        files.sort();
-        files
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The message parsed by Python's `email` package (policy `default`, which decodes RFC 2047
-/// words and transfer encodings).
-fn parse_with_python(file: &Path) -> Value {
-    const SCRIPT: &str = r#"
-import email, email.policy, json, sys
-with open(sys.argv[1], "rb") as f:
-    m = email.message_from_binary_file(f, policy=email.policy.default)
-print(json.dumps({
-    "headers": {k: str(v) for k, v in m.items()},
-    "content_type": m.get_content_type(),
-    "charset": m.get_content_charset(),
-    "cte": m.get("Content-Transfer-Encoding"),
-    "date_parses": m["Date"].datetime is not None,
-    "text": m.get_content(),
-    "defects": [repr(d) for d in m.defects],
-}))
-"#;
-    let output = Command::new(python())
-        .args(["-c", SCRIPT])
-        .arg(file)
-        .output()
-        .expect("run Python");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
-}
 
 #[tokio::test]
 async fn an_email_arrives_intact() {
@@ -181,7 +38,7 @@ async fn an_email_arrives_intact() {
                 last line";
     mailer.send(TO, subject, text).await.expect("sent");
 
-    let files = server.messages();
+    let files = server.files();
     assert_eq!(files.len(), 1, "{files:?}");
     let raw = std::fs::read(&files[0]).expect("the message");
     let raw = String::from_utf8(raw).expect("UTF-8 (8bit body)");
@@ -226,7 +83,7 @@ async fn a_unicode_subject_and_a_long_line_are_encoded() {
     let text = format!("first\n{long_line}\nlast =\n");
     mailer.send(TO, subject, &text).await.expect("sent");
 
-    let files = server.messages();
+    let files = server.files();
     assert_eq!(files.len(), 1, "{files:?}");
     let raw = std::fs::read_to_string(&files[0]).expect("an ASCII message");
     assert!(raw.is_ascii(), "{raw}");
@@ -346,94 +203,6 @@ async fn a_silent_smtp_server_times_out_at_the_greeting() {
 // ---------------------------------------------------------------------------------------------
 // Webhooks
 // ---------------------------------------------------------------------------------------------
-
-/// A request as the webhook server parsed it.
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Recorded {
-    fn header(&self, name: &str) -> &str {
-        let mut values = self.headers.iter().filter(|(n, _)| n == name);
-        let (_, value) = values
-            .next()
-            .unwrap_or_else(|| panic!("no {name}: {self:?}"));
-        assert!(values.next().is_none(), "two {name} headers");
-        value
-    }
-}
-
-/// A real actix-web server on a free port: `/fail` answers 500, everything else 204.
-struct WebhookServer {
-    port: u16,
-    recorded: Arc<Mutex<Vec<Recorded>>>,
-    handle: actix_web::dev::ServerHandle,
-}
-
-impl WebhookServer {
-    fn start() -> Self {
-        let recorded = Arc::new(Mutex::new(Vec::new()));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let shared = recorded.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(shared.clone()))
-                .default_service(web::to(record))
-        })
-        .workers(1)
-        .listen(listener)
-        .expect("listen")
-        .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
-        Self {
-            port,
-            recorded,
-            handle,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn recorded(&self) -> Vec<Recorded> {
-        self.recorded.lock().expect("the record").clone()
-    }
-}
-
-async fn record(
-    request: HttpRequest,
-    body: web::Bytes,
-    recorded: web::Data<Arc<Mutex<Vec<Recorded>>>>,
-) -> HttpResponse {
-    let headers = request
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            let value = value.to_str().expect("an ASCII header").to_owned();
-            (name.as_str().to_owned(), value)
-        })
-        .collect();
-    recorded.lock().expect("the record").push(Recorded {
-        method: request.method().as_str().to_owned(),
-        path: request.path().to_owned(),
-        query: request.query_string().to_owned(),
-        headers,
-        body: body.to_vec(),
-    });
-    if request.path() == "/fail" {
-        HttpResponse::InternalServerError().body("the receiver broke")
-    } else {
-        HttpResponse::NoContent().finish()
-    }
-}
 
 fn webhooks(timeout: Duration) -> Webhooks {
     Webhooks::new(WebhooksConfig { timeout }).expect("webhooks")

@@ -45,7 +45,7 @@ CREATE TABLE price_alerts (
     state                   TEXT NOT NULL CHECK (state IN ('active', 'delivered', 'cancelled', 'failed')),
     triggered_at            BIGINT,
     triggered_price         BIGINT,
-    attempts                INTEGER NOT NULL DEFAULT 0,
+    attempts                BIGINT NOT NULL DEFAULT 0,
     last_error              TEXT,
     next_attempt_at         BIGINT,
     finished_at             BIGINT,

@@ -273,8 +273,15 @@ pub trait ReviewStore: Send + Sync {
         now: Timestamp,
     ) -> Result<Option<AlertRecord>, StoreError>;
 
-    /// Active alerts whose next check is due at `now`, at most `limit`.
-    async fn due_alerts(&self, now: Timestamp, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
+    /// Active alerts of a market that a best price of `price` triggers and that are due at
+    /// `now` (not claimed, not waiting for a retry), at most `limit`.
+    async fn triggered_alerts(
+        &self,
+        asset: &AssetCode,
+        price: u64,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AlertRecord>, StoreError>;
 
     /// Claims an active, due alert until `lease_until`; `false` when another process has it.
     async fn claim_alert(
@@ -283,9 +290,6 @@ pub trait ReviewStore: Send + Sync {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<bool, StoreError>;
-
-    /// Releases a claimed alert whose price has not fallen yet: next check at `next_check`.
-    async fn release_alert(&self, id: Uuid, next_check: Timestamp) -> Result<(), StoreError>;
 
     /// Records a delivery attempt of a claimed alert.
     async fn finish_alert(&self, id: Uuid, outcome: &AlertOutcome) -> Result<(), StoreError>;
@@ -733,17 +737,22 @@ macro_rules! shared_review {
                     .await
                 }
 
-                async fn due_alerts(
+                async fn triggered_alerts(
                     &self,
+                    asset: &AssetCode,
+                    price: u64,
                     now: Timestamp,
                     limit: u32,
                 ) -> Result<Vec<AlertRecord>, StoreError> {
                     let sql = format!(
                         "SELECT {ALERT_COLUMNS} FROM price_alerts WHERE state = 'active' \
-                         AND (next_attempt_at IS NULL OR next_attempt_at <= $1) \
-                         ORDER BY asset, id LIMIT $2"
+                         AND asset = $1 AND below_per_1m_micro_cr >= $2 \
+                         AND (next_attempt_at IS NULL OR next_attempt_at <= $3) \
+                         ORDER BY created_at, id LIMIT $4"
                     );
                     let rows = sqlx::query(&sql)
+                        .bind(asset.as_str())
+                        .bind(signed(price)?)
                         .bind(now.as_micros())
                         .bind(i64::from(limit.min(crate::review::REVIEW_PAGE_MAX)))
                         .fetch_all(&self.pool)
@@ -770,25 +779,6 @@ macro_rules! shared_review {
                         .await?
                         .rows_affected();
                         Ok(claimed == 1)
-                    })
-                    .await
-                }
-
-                async fn release_alert(
-                    &self,
-                    id: Uuid,
-                    next_check: Timestamp,
-                ) -> Result<(), StoreError> {
-                    retrying(|| async {
-                        sqlx::query(
-                            "UPDATE price_alerts SET next_attempt_at = $2 \
-                             WHERE id = $1 AND state = 'active'",
-                        )
-                        .bind(id)
-                        .bind(next_check.as_micros())
-                        .execute(&self.pool)
-                        .await?;
-                        Ok(())
                     })
                     .await
                 }

@@ -1,5 +1,6 @@
 //! HTTP routes.
 
+pub mod alerts;
 pub mod auth;
 pub mod cycles;
 pub mod estimate;

@@ -12,6 +12,8 @@ use credex_ledger::{ManualClock, Timestamp};
 use credex_tests::TestDb;
 use serde_json::{json, Value};
 
+pub mod servers;
+
 pub const ADMIN: &str = "ops@provider.example";
 pub const PASSWORD: &str = "a long and careful password";
 pub const NOV_26: Timestamp = Timestamp::from_micros(1_795_651_200_000_000);
