@@ -234,12 +234,9 @@ impl Config {
                         .or(file.market_sell_cap_basis_points)
                         .unwrap_or(defaults.sell_cap_basis_points),
                 };
-                if policy.sell_cap_basis_points > 10_000 {
-                    anyhow::bail!(
-                        "market_sell_cap_basis_points {}: at most 10000 (100% of the allotment)",
-                        policy.sell_cap_basis_points
-                    );
-                }
+                policy
+                    .validate()
+                    .map_err(|error| anyhow::anyhow!("market_{error}"))?;
                 policy
             },
             market_orders_per_minute: {

@@ -68,6 +68,8 @@ use crate::routes;
         routes::market::price_history,
         routes::market::patch_market,
         routes::market::settings_history,
+        routes::market::market_policy,
+        routes::market::put_market_policy,
         routes::market::org_links,
         routes::market::link_orgs,
         routes::market::unlink_orgs,

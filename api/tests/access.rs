@@ -143,6 +143,13 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ("price_history", Who::Authenticated, None),
         ("patch_market", Who::Admin, Some(json!({}))),
         ("settings_history", Who::Admin, None),
+        ("market_policy", Who::Admin, None),
+        (
+            "put_market_policy",
+            Who::Admin,
+            Some(json!({"min_verification_level": 1, "min_org_age_days": 0,
+                        "paid_plan_required": true, "sell_cap_basis_points": 10000})),
+        ),
         ("org_links", Who::Admin, None),
         ("link_orgs", Who::Admin, None),
         ("unlink_orgs", Who::Admin, None),

@@ -801,4 +801,139 @@ async fn market_writes_are_rate_limited_per_org(db: &TestDb) {
     fixture.close().await;
 }
 
-credex_tests::on_both_backends!(cycle_through_http, market_writes_are_rate_limited_per_org);
+/// The selling policy is the admins' to tune at run time: a new org may not sell under the
+/// default policy; once an admin lowers the required age it may, at once; values out of range
+/// are refused and change nothing; the change is audited.
+async fn admins_tune_who_may_sell(db: &TestDb) {
+    let fixture = Fixture::new(db).await;
+    let service = test::init_service(app(fixture.assembled.parts.clone())).await;
+    let admin = sign_in(&service, ADMIN, PASSWORD).await;
+    for (method, uri, body) in [
+        (
+            "PUT",
+            "/v1/admin/classes/pro",
+            json!({"face_value_per_1m_micro_cr": 4_000_000}),
+        ),
+        (
+            "PUT",
+            "/v1/admin/plans/teams/allotments/pro",
+            json!({"tokens_per_cycle": 1_000}),
+        ),
+    ] {
+        let answer = call(&service, request(method, uri, &admin, Some(body))).await;
+        expect(&answer, StatusCode::OK, uri);
+    }
+    let made = call(
+        &service,
+        request(
+            "POST",
+            "/v1/admin/orgs",
+            &admin,
+            Some(json!({"name": "Newco", "plan": "teams"})),
+        ),
+    )
+    .await;
+    let org = made.body["id"].as_str().expect("an id").to_owned();
+    call(
+        &service,
+        request(
+            "PATCH",
+            &format!("/v1/admin/orgs/{org}"),
+            &admin,
+            Some(json!({"verification_level": 1})),
+        ),
+    )
+    .await;
+    let opened = call(
+        &service,
+        request("POST", "/v1/admin/cycles/2026-11/open", &admin, None),
+    )
+    .await;
+    expect(&opened, StatusCode::OK, "opened");
+    let list = |key: &str| {
+        keyed(
+            request(
+                "POST",
+                &format!("/v1/orgs/{org}/listings"),
+                &admin,
+                Some(json!({"asset": ASSET, "quantity": 10, "ask_per_1m_micro_cr": 1_000})),
+            ),
+            key,
+        )
+    };
+    let young = call(&service, list("young")).await;
+    refused(&young, StatusCode::FORBIDDEN, "days old", "a new org sells");
+    let shown = call(
+        &service,
+        request("GET", "/v1/admin/market-policy", &admin, None),
+    )
+    .await;
+    assert_eq!(shown.body["source"], "configuration");
+    assert_eq!(shown.body["min_org_age_days"], 14);
+    let policy = |age: u64, cap: u64| {
+        json!({"min_verification_level": 1, "min_org_age_days": age,
+               "paid_plan_required": true, "sell_cap_basis_points": cap})
+    };
+    let bad = call(
+        &service,
+        request(
+            "PUT",
+            "/v1/admin/market-policy",
+            &admin,
+            Some(policy(0, 10_001)),
+        ),
+    )
+    .await;
+    expect(&bad, StatusCode::UNPROCESSABLE_ENTITY, "a cap over 100%");
+    let set = call(
+        &service,
+        request(
+            "PUT",
+            "/v1/admin/market-policy",
+            &admin,
+            Some(policy(0, 5_000)),
+        ),
+    )
+    .await;
+    expect(&set, StatusCode::OK, "the policy");
+    assert_eq!(set.body["source"], "admin");
+    let listed = call(&service, list("grown")).await;
+    expect(&listed, StatusCode::CREATED, "the same org sells now");
+    let over = call(
+        &service,
+        keyed(
+            request(
+                "POST",
+                &format!("/v1/orgs/{org}/listings"),
+                &admin,
+                Some(json!({"asset": ASSET, "quantity": 491, "ask_per_1m_micro_cr": 1_000})),
+            ),
+            "over-cap",
+        ),
+    )
+    .await;
+    refused(
+        &over,
+        StatusCode::CONFLICT,
+        "cap of 500 tokens",
+        "over the 50% cap",
+    );
+    let audit = call(
+        &service,
+        request("GET", "/v1/admin/audit?action=market.policy", &admin, None),
+    )
+    .await;
+    assert_eq!(
+        audit.body["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        audit.body
+    );
+    fixture.close().await;
+}
+
+credex_tests::on_both_backends!(
+    cycle_through_http,
+    market_writes_are_rate_limited_per_org,
+    admins_tune_who_may_sell
+);

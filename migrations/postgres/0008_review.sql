@@ -1,4 +1,4 @@
--- Fraud review and price alerts.
+-- Fraud review, price alerts and the market's selling policy.
 --
 -- A review flag says why an org's trading needs an admin's look (selling most of its allotment
 -- cycle after cycle with little use, repeated trades with the same org, a cluster of new orgs
@@ -53,3 +53,12 @@ CREATE TABLE price_alerts (
 );
 CREATE INDEX price_alerts_org ON price_alerts (org_id, created_at);
 CREATE INDEX price_alerts_active ON price_alerts (asset) WHERE state = 'active';
+
+-- Who may sell on the market (verification, age, plan, cap), as admins set it: one row, read
+-- by every market transaction; none means the configuration's defaults.
+CREATE TABLE market_policy (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    policy     TEXT NOT NULL,                     -- JSON
+    updated_at BIGINT NOT NULL,
+    updated_by UUID REFERENCES users (id)
+);

@@ -298,6 +298,8 @@ pub struct MarketView {
     pub org: Option<Org>,
     /// The org's open review flags (with `org`): it cannot trade while it has any.
     pub review_flags: Vec<crate::review::OpenFlag>,
+    /// The selling policy admins set, as JSON (with `org`); none: the configuration's.
+    pub policy: Option<String>,
     pub usage: Option<SellUsage>,
     pub linked: BTreeSet<OrgId>,
     pub balances: HashMap<AccountId, Balance>,
@@ -917,6 +919,14 @@ macro_rules! shared_market {
                     Some(id) => fetch_open_flags(&mut *conn, id).await?,
                     None => Vec::new(),
                 };
+                let policy = match reads.org {
+                    Some(_) => sqlx::query_scalar::<_, String>(
+                        "SELECT policy FROM market_policy WHERE id = 1",
+                    )
+                    .fetch_optional(&mut *conn)
+                    .await?,
+                    None => None,
+                };
                 let usage = match reads.usage_of {
                     Some(id) => Some(fetch_usage(&mut *conn, &asset, id).await?),
                     None => None,
@@ -937,6 +947,7 @@ macro_rules! shared_market {
                     buyback,
                     org,
                     review_flags,
+                    policy,
                     usage,
                     linked,
                     balances,

@@ -259,6 +259,14 @@ pub trait ReviewStore: Send + Sync {
     /// The sign-in address blocks of orgs created at `since` or later.
     async fn new_org_blocks(&self, since: Timestamp) -> Result<Vec<(OrgId, String)>, StoreError>;
 
+    /// The market's selling policy as admins last set it (JSON), when, and by whom.
+    async fn market_policy(
+        &self,
+    ) -> Result<Option<(String, Timestamp, Option<UserId>)>, StoreError>;
+
+    /// Sets the market's selling policy (JSON), with its audit entry.
+    async fn put_market_policy(&self, policy: &str, audit: &AuditEntry) -> Result<(), StoreError>;
+
     async fn create_alert(&self, alert: &AlertRecord) -> Result<(), StoreError>;
 
     async fn alert(&self, id: Uuid) -> Result<Option<AlertRecord>, StoreError>;
@@ -666,6 +674,52 @@ macro_rules! shared_review {
                     .fetch_all(&self.pool)
                     .await?;
                     org_texts(&rows)
+                }
+
+                async fn market_policy(
+                    &self,
+                ) -> Result<Option<(String, Timestamp, Option<UserId>)>, StoreError> {
+                    let row = sqlx::query(
+                        "SELECT policy, updated_at, updated_by FROM market_policy WHERE id = 1",
+                    )
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    let by = row
+                        .try_get::<Option<Uuid>, _>("updated_by")?
+                        .map(UserId::new)
+                        .transpose()
+                        .map_err(StoreError::corrupt)?;
+                    Ok(Some((
+                        row.try_get("policy")?,
+                        Timestamp::from_micros(row.try_get("updated_at")?),
+                        by,
+                    )))
+                }
+
+                async fn put_market_policy(
+                    &self,
+                    policy: &str,
+                    audit: &AuditEntry,
+                ) -> Result<(), StoreError> {
+                    retrying(|| async {
+                        let mut tx = dialect::begin_write(&self.pool).await?;
+                        sqlx::query(
+                            "INSERT INTO market_policy (id, policy, updated_at, updated_by) \
+                             VALUES (1, $1, $2, $3) ON CONFLICT (id) DO UPDATE SET \
+                             policy = excluded.policy, updated_at = excluded.updated_at, \
+                             updated_by = excluded.updated_by",
+                        )
+                        .bind(policy)
+                        .bind(audit.at().as_micros())
+                        .bind(audit.actor().map(UserId::as_uuid))
+                        .execute(&mut *tx)
+                        .await?;
+                        append_audit(&mut tx, audit).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
                 }
 
                 async fn create_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {

@@ -808,6 +808,18 @@ impl Market {
     }
 }
 
+/// The selling policy in force: the one admins set (read in the transaction), else the
+/// configuration's.
+fn effective_policy(
+    view: &MarketView,
+    configured: &FraudPolicy,
+) -> Result<FraudPolicy, MarketError> {
+    match &view.policy {
+        Some(json) => FraudPolicy::from_json(json).map_err(corrupt),
+        None => Ok(*configured),
+    }
+}
+
 /// The class's face value in the cycle.
 async fn face_value(store: &dyn Store, class: &str, cycle: &str) -> Result<u64, MarketError> {
     store
@@ -846,6 +858,7 @@ fn plan_list(
         .org
         .as_ref()
         .ok_or(MarketError::UnknownOrg(request.seller))?;
+    let policy = effective_policy(view, policy)?;
     policy.check_seller(org, &view.review_flags, view.now)?;
     let market = &view.market;
     if view.now < market.window_open || view.now >= market.cycle_end {
@@ -1036,7 +1049,7 @@ fn plan_buy(view: &MarketView, context: &BuyContext<'_>) -> Result<Plan<OrderRes
         .org
         .as_ref()
         .ok_or(MarketError::UnknownOrg(request.buyer))?;
-    context.policy.check_trader(org, &view.review_flags)?;
+    effective_policy(view, &context.policy)?.check_trader(org, &view.review_flags)?;
     let info = MarketInfo::parse(view.market.clone())?;
     let provider_fill = if request.allow_provider_fill && info.settings.provider_fill() {
         let price = info.settings.provider_list_price_per_1m_micro_cr();
@@ -1250,6 +1263,7 @@ fn plan_buyback(
         .org
         .as_ref()
         .ok_or(MarketError::UnknownOrg(request.org))?;
+    let policy = effective_policy(view, policy)?;
     policy.check_seller(org, &view.review_flags, view.now)?;
     let market = &view.market;
     if view.now >= market.cycle_end {

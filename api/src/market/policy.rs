@@ -4,14 +4,15 @@
 
 use credex_ledger::Timestamp;
 use credex_store::{FlagKind, OpenFlag, Org, Plan, SellUsage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Microseconds in a day.
 const DAY_MICROS: i64 = 24 * 60 * 60 * 1_000_000;
 
 /// The selling rules an admin tunes. Defaults: verification level 1, 14 days of org age, a
 /// paid plan (teams or enterprise), and a per-cycle cap of 100% of the cycle's allotment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FraudPolicy {
     /// The lowest identity verification level an org needs to sell.
     pub min_verification_level: u8,
@@ -62,7 +63,40 @@ pub enum Refusal {
     },
 }
 
+/// The most a sell cap may be: 100% of the allotment.
+pub const SELL_CAP_MAX_BASIS_POINTS: u32 = 10_000;
+/// The oldest an org may be required to be to sell: ten years.
+pub const ORG_AGE_MAX_DAYS: u32 = 3_650;
+/// The highest verification level.
+pub const VERIFICATION_MAX: u8 = 3;
+
 impl FraudPolicy {
+    /// Whether the values are in range: a cap of at most 100%, an age of at most ten years, a
+    /// verification level of at most 3.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sell_cap_basis_points > SELL_CAP_MAX_BASIS_POINTS {
+            return Err(format!(
+                "sell_cap_basis_points: at most {SELL_CAP_MAX_BASIS_POINTS} (100%)"
+            ));
+        }
+        if self.min_org_age_days > ORG_AGE_MAX_DAYS {
+            return Err(format!("min_org_age_days: at most {ORG_AGE_MAX_DAYS}"));
+        }
+        if self.min_verification_level > VERIFICATION_MAX {
+            return Err(format!(
+                "min_verification_level: at most {VERIFICATION_MAX}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A policy as stored.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let policy: Self = serde_json::from_str(json).map_err(|error| error.to_string())?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
     /// Whether the org may trade at all (buy or sell): not frozen, and no open review flag.
     pub fn check_trader(&self, org: &Org, flags: &[OpenFlag]) -> Result<(), Refusal> {
         if org.frozen {

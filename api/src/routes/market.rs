@@ -27,8 +27,8 @@ use crate::auth::access::{Admin, Caller, MarketTrade, OrgAccess, Read};
 use crate::idempotency::{self, Answer, IdempotencyKey};
 use crate::input::{self, integer, invalid};
 use crate::market::{
-    BuyRequest, BuybackRequest, ListRequest, MarketError, MarketInfo, MarketSettingsInput, Refusal,
-    Withdrawer,
+    BuyRequest, BuybackRequest, FraudPolicy, ListRequest, MarketError, MarketInfo,
+    MarketSettingsInput, Refusal, Withdrawer,
 };
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::ratelimit::TooMany;
@@ -1891,6 +1891,135 @@ pub async fn get_buyback(
     Ok(HttpResponse::Ok().json(BuybackView::from(&record)))
 }
 
+/// Who may sell on the market, as in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    pub min_verification_level: u8,
+    pub min_org_age_days: u32,
+    pub paid_plan_required: bool,
+    /// How much of a cycle's allotment an org may sell (listed, bought, sold back), in basis
+    /// points of the allotment.
+    pub sell_cap_basis_points: u32,
+    /// `admin` once an admin set it, else `configuration`.
+    pub source: String,
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+    #[schema(format = Uuid)]
+    pub updated_by: Option<String>,
+}
+
+async fn policy_view(state: &AppState) -> Result<PolicyView, actix_web::Error> {
+    let stored = state
+        .ledger
+        .store()
+        .market_policy()
+        .await
+        .map_err(|error| internal(&error))?;
+    let (policy, source, at, by) = match stored {
+        Some((json, at, by)) => (
+            FraudPolicy::from_json(&json).map_err(|error| internal(&error))?,
+            "admin",
+            Some(rfc3339(at)),
+            by.map(|user| user.to_string()),
+        ),
+        None => (state.market.policy(), "configuration", None, None),
+    };
+    Ok(PolicyView {
+        min_verification_level: policy.min_verification_level,
+        min_org_age_days: policy.min_org_age_days,
+        paid_plan_required: policy.paid_plan_required,
+        sell_cap_basis_points: policy.sell_cap_basis_points,
+        source: source.to_owned(),
+        updated_at: at,
+        updated_by: by,
+    })
+}
+
+/// The market's selling policy in force (admins only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/market-policy",
+    tag = "market",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The policy", body = PolicyView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn market_policy(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    Ok(HttpResponse::Ok().json(policy_view(&state).await?))
+}
+
+/// A new selling policy, whole.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// The identity verification level a seller needs (0 to 3).
+    #[serde(deserialize_with = "integer::required")]
+    #[schema(minimum = 0, maximum = 3)]
+    min_verification_level: u8,
+    /// How many days old a seller must be (0 to 3,650).
+    #[serde(deserialize_with = "integer::required")]
+    #[schema(minimum = 0, maximum = 3650)]
+    min_org_age_days: u32,
+    /// Whether only orgs on a paid plan may sell.
+    paid_plan_required: bool,
+    /// How much of a cycle's allotment an org may sell, in basis points (0 to 10,000).
+    #[serde(deserialize_with = "integer::required")]
+    #[schema(minimum = 0, maximum = 10000)]
+    sell_cap_basis_points: u32,
+}
+
+/// Sets the market's selling policy (admins only), effective at once in every process: every
+/// listing and buyback decided after this reads it. Audited.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/market-policy",
+    tag = "market",
+    security(("bearer" = [])),
+    request_body = PolicyBody,
+    responses(
+        (status = 200, description = "The policy now in force", body = PolicyView),
+        (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A value is out of range", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put_market_policy(
+    admin: Admin,
+    body: web::Json<PolicyBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let body = body.into_inner();
+    let policy = FraudPolicy {
+        min_verification_level: body.min_verification_level,
+        min_org_age_days: body.min_org_age_days,
+        paid_plan_required: body.paid_plan_required,
+        sell_cap_basis_points: body.sell_cap_basis_points,
+    };
+    policy
+        .validate()
+        .map_err(|error| problem(ProblemKind::Unprocessable, error))?;
+    let json = serde_json::to_string(&policy).map_err(|error| internal(&error))?;
+    let store = state.ledger.store();
+    let action = AuditAction::parse("market.policy").map_err(|error| internal(&error))?;
+    let details = serde_json::to_value(policy).map_err(|error| internal(&error))?;
+    let audit = AuditEntry::new(store.clock().now(), action, "market", details)
+        .map_err(|error| internal(&error))?
+        .by(admin.0.id);
+    store
+        .put_market_policy(&json, &audit)
+        .await
+        .map_err(|error| internal(&error))?;
+    Ok(HttpResponse::Ok().json(policy_view(&state).await?))
+}
+
 pub fn configure(config: &mut web::ServiceConfig) {
     let writes = || web::PayloadConfig::new(WRITE_BODY_MAX);
     config
@@ -1912,6 +2041,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/admin/markets/{asset}/settings-history")
                 .route(web::get().to(settings_history)),
+        )
+        .service(
+            web::resource("/v1/admin/market-policy")
+                .route(web::get().to(market_policy))
+                .route(web::put().to(put_market_policy)),
         )
         .service(web::resource("/v1/admin/orgs/{org_id}/links").route(web::get().to(org_links)))
         .service(
