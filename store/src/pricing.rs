@@ -462,25 +462,7 @@ macro_rules! shared_pricing {
                 Ok(row.is_some())
             }
 
-            async fn append_audit(
-                conn: &mut Connection,
-                entry: &AuditEntry,
-            ) -> Result<(), PricingError> {
-                sqlx::query(
-                    "INSERT INTO audit_log (id, at, actor_id, org_id, action, target, details) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(entry.id().as_uuid())
-                .bind(entry.at().as_micros())
-                .bind(entry.actor().map(UserId::as_uuid))
-                .bind(entry.org().map(OrgId::as_uuid))
-                .bind(entry.action().as_str())
-                .bind(entry.target())
-                .bind(entry.details().to_string())
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
-            }
+            crate::sql::append_audit_fn!(PricingError);
 
             async fn aliases_between(
                 conn: &mut Connection,

@@ -1367,3 +1367,30 @@ macro_rules! shared_store {
 }
 
 pub(crate) use shared_store;
+
+/// Expands `append_audit(conn, entry)` in a store module (which names its backend's
+/// `Connection` type, and imports `AuditEntry`, `UserId` and `OrgId`): the audit row, written
+/// in the caller's transaction, so a change and its record commit together. `$error` is the
+/// module's error type (any `From<sqlx::Error>`).
+macro_rules! append_audit_fn {
+    ($error:ty) => {
+        async fn append_audit(conn: &mut Connection, entry: &AuditEntry) -> Result<(), $error> {
+            sqlx::query(
+                "INSERT INTO audit_log (id, at, actor_id, org_id, action, target, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(entry.id().as_uuid())
+            .bind(entry.at().as_micros())
+            .bind(entry.actor().map(UserId::as_uuid))
+            .bind(entry.org().map(OrgId::as_uuid))
+            .bind(entry.action().as_str())
+            .bind(entry.target())
+            .bind(entry.details().to_string())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use append_audit_fn;
