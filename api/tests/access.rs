@@ -182,8 +182,10 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         (
             "create_price_alert",
             Who::Member,
-            Some(json!({"asset": "TOK.pro.2026-11", "below_per_1m_micro_cr": 1,
-                        "notify": {"channel": "webhook", "url": "http://hooks.example.com/a"}})),
+            Some(
+                json!({"asset": "TOK.pro.2026-11", "below_per_1m_micro_cr": 1,
+                        "notify": {"channel": "webhook", "url": "http://hooks.example.com/a"}}),
+            ),
         ),
         ("price_alerts", Who::Member, None),
         ("get_price_alert", Who::Member, None),
