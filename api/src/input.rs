@@ -826,6 +826,12 @@ mod tests {
             parse(r#"{"small": 0, "big": 18446744073709551615}"#).ok(),
             Some((0, Some(u64::MAX)))
         );
+        // Parsed exactly (serde_json's `float_roundtrip`): a whole number written with a
+        // fraction of zeros stays whole however large, up to 2^53.
+        assert_eq!(
+            parse(r#"{"small": 1, "big": 2251799813685247.0}"#).ok(),
+            Some((1, Some(2_251_799_813_685_247)))
+        );
         for refused in [
             r#"{"small": 3.5}"#,
             r#"{"small": -1}"#,
