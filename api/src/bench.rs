@@ -22,6 +22,7 @@ use credex_ledger::{
 use credex_store::{GroupCommitConfig, Ledger, SystemClock};
 use sqlx::Connection;
 
+pub mod buy;
 pub mod estimate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

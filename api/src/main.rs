@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use credex_api::bench::buy::BuyBenchArgs;
 use credex_api::bench::estimate::EstimateBenchArgs;
 use credex_api::bench::BenchArgs;
 use credex_api::config::{redacted, ConfigArgs};
@@ -59,6 +60,9 @@ enum BenchWhat {
     Ledger(BenchArgs),
     /// Latency of cost previews (POST /v1/estimate) at a fixed request rate, open-loop.
     Estimate(EstimateBenchArgs),
+    /// Latency of emergency-credit buys (POST /v1/orgs/{org_id}/orders) against a book of
+    /// listings, at a fixed request rate, open-loop.
+    Buy(BuyBenchArgs),
 }
 
 #[tokio::main]
@@ -123,6 +127,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: BenchWhat::Estimate(args),
         } => {
             credex_api::bench::estimate::run(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Buy(args),
+        } => {
+            credex_api::bench::buy::run(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

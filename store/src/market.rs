@@ -982,21 +982,24 @@ macro_rules! shared_market {
                 now: Timestamp,
             ) -> Result<Option<ListingRecord>, StoreError> {
                 for change in &write.listing_changes {
-                    let done = sqlx::query(
-                        "UPDATE listings SET quantity_open = $3, \
-                         quantity_filled = quantity_filled + $4, state = $5, updated_at = $6 \
-                         WHERE id = $1 AND asset = $2 AND quantity_open = $7 AND state = 'open'",
+                    // By primary key alone (the market is checked on the row it returns): a
+                    // condition on the asset lets the planner take the book's partial index
+                    // instead, scanning the whole book when its statistics are stale — as they
+                    // are for every new cycle's asset.
+                    let asset: Option<String> = sqlx::query_scalar(
+                        "UPDATE listings SET quantity_open = $2, \
+                         quantity_filled = quantity_filled + $3, state = $4, updated_at = $5 \
+                         WHERE id = $1 AND quantity_open = $6 AND state = 'open' RETURNING asset",
                     )
                     .bind(change.id)
-                    .bind(market.asset.as_str())
                     .bind(signed(change.open)?)
                     .bind(signed(change.filled)?)
                     .bind(change.state.as_str())
                     .bind(now.as_micros())
                     .bind(signed(change.expected_open)?)
-                    .execute(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await?;
-                    if done.rows_affected() != 1 {
+                    if asset.as_deref() != Some(market.asset.as_str()) {
                         return Err(StoreError::corrupt(format!(
                             "listing {} changed under its market's lock",
                             change.id

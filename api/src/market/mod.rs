@@ -386,6 +386,8 @@ pub struct OrderResult {
     pub summary: OrderSummary,
     pub fills: Vec<FillRecord>,
     pub replayed: bool,
+    /// When the order was made (its transaction's instant).
+    pub created_at: Timestamp,
 }
 
 /// Who asks to withdraw a listing: its seller, or the platform (the cycle's close).
@@ -752,6 +754,7 @@ impl Market {
             summary,
             fills,
             replayed: true,
+            created_at: order.created_at,
         };
         Ok(Some((order, result)))
     }
@@ -1043,6 +1046,7 @@ fn plan_buy(view: &MarketView, context: &BuyContext<'_>) -> Result<Plan<OrderRes
             summary,
             fills: fills.clone(),
             replayed: true,
+            created_at: order.created_at,
         }));
     }
     let org = view
@@ -1172,6 +1176,7 @@ fn settle(
         summary,
         fills: fills.clone(),
         replayed: false,
+        created_at: view.now,
     };
     let write = MarketWrite {
         transfers,

@@ -1649,12 +1649,7 @@ pub async fn create_order(
     idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
         velocity(&state, org)?;
         let result = state.market.buy(&request).await.map_err(market_error)?;
-        let created_at = match state.market.order(result.order_id).await {
-            Ok(Some((record, _))) => record.created_at,
-            Ok(None) => state.ledger.store().clock().now(),
-            Err(error) => return Err(market_error(error)),
-        };
-        let view = order_view(&asset, &result, created_at);
+        let view = order_view(&asset, &result, result.created_at);
         Ok(Answer {
             status: StatusCode::CREATED,
             location: Some(format!("/v1/orgs/{org}/orders/{}", result.order_id)),
