@@ -24,6 +24,7 @@ use sqlx::Connection;
 
 pub mod buy;
 pub mod estimate;
+pub mod http;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {

@@ -54,12 +54,11 @@ use credex_store::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 use uuid::Uuid;
 
 use crate::auth::tokens;
+use crate::bench::http::Connection;
 use crate::config::{Config, Secret};
 use crate::cycles::{open_cycle, CycleId};
 use crate::market::{ListRequest, Market};
@@ -775,94 +774,5 @@ fn summarize(backend: &'static str, args: &BuyBenchArgs, samples: &[Sample]) -> 
         from_provider: count(|f| f.from_listings == 0),
         mixed: count(|f| f.from_listings > 0 && f.from_provider > 0),
         fills: samples.iter().map(|s| s.filled.fills).sum(),
-    }
-}
-
-/// An HTTP answer: its status, `Location` and body.
-#[derive(Debug)]
-struct HttpAnswer {
-    status: u16,
-    location: Option<String>,
-    body: Vec<u8>,
-}
-
-/// A keep-alive HTTP/1.1 connection: just enough client for the benchmark (requests with
-/// sized JSON bodies; answers with `Content-Length`). `bench estimate`'s, plus `Location`.
-#[derive(Debug)]
-struct Connection {
-    stream: BufReader<TcpStream>,
-}
-
-/// The largest answer read.
-const ANSWER_MAX_BYTES: usize = 1 << 20;
-
-impl Connection {
-    async fn open(port: u16) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream: BufReader::new(stream),
-        })
-    }
-
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        idempotency_key: Option<&str>,
-        body: &[u8],
-    ) -> anyhow::Result<HttpAnswer> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n",
-            body.len()
-        );
-        if let Some(token) = token {
-            head.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
-        if let Some(key) = idempotency_key {
-            head.push_str(&format!("idempotency-key: {key}\r\n"));
-        }
-        head.push_str("\r\n");
-        let stream = self.stream.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("not an HTTP answer: {line:?}"))?;
-        let (mut length, mut location) = (None, None);
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                bail!("the connection closed mid-answer");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = Some(value.trim().parse::<usize>()?);
-                } else if name.eq_ignore_ascii_case("location") {
-                    location = Some(value.trim().to_owned());
-                }
-            }
-        }
-        let length = length.context("an answer without Content-Length")?;
-        if length > ANSWER_MAX_BYTES {
-            bail!("an answer of {length} bytes");
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await?;
-        Ok(HttpAnswer {
-            status,
-            location,
-            body,
-        })
     }
 }

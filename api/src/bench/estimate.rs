@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use credex_store::SystemClock;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::bench::http::{Connection, HttpAnswer};
 use crate::config::{Config, Secret};
 use crate::Application;
 
@@ -160,7 +159,11 @@ async fn measure_backend(
         }))?;
         let expected_tokens = {
             let mut connection = Connection::open(port).await?;
-            let (status, answer) = connection
+            let HttpAnswer {
+                status,
+                body: answer,
+                ..
+            } = connection
                 .send("POST", "/v1/estimate", Some(&key), None, &body)
                 .await?;
             if status != 200 {
@@ -278,7 +281,11 @@ impl Load {
                         return anyhow::Ok(samples);
                     };
                     let sent = Instant::now();
-                    let (status, answer) = connection
+                    let HttpAnswer {
+                        status,
+                        body: answer,
+                        ..
+                    } = connection
                         .send("POST", "/v1/estimate", Some(&key), None, &body)
                         .await?;
                     let answered = Instant::now();
@@ -369,98 +376,5 @@ fn summarize(
         max: from_due.last().copied().unwrap_or_default(),
         service_p50: percentile(&from_send, 50),
         service_p99: percentile(&from_send, 99),
-    }
-}
-
-/// A keep-alive HTTP/1.1 connection: just enough client for the benchmark (requests with
-/// sized JSON bodies; answers with `Content-Length`).
-struct Connection {
-    stream: BufReader<TcpStream>,
-}
-
-/// The largest answer read.
-const ANSWER_MAX_BYTES: usize = 1 << 20;
-
-impl Connection {
-    async fn open(port: u16) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream: BufReader::new(stream),
-        })
-    }
-
-    /// POSTs `body`; answers the JSON of a 2xx answer.
-    async fn json(
-        &mut self,
-        path: &str,
-        token: Option<&str>,
-        idempotency_key: Option<&str>,
-        body: &serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        let body = body.to_string().into_bytes();
-        let (status, answer) = self
-            .send("POST", path, token, idempotency_key, &body)
-            .await?;
-        let answer: serde_json::Value = serde_json::from_slice(&answer)?;
-        if !(200..300).contains(&status) {
-            bail!("POST {path} answered {status}: {answer}");
-        }
-        Ok(answer)
-    }
-
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        idempotency_key: Option<&str>,
-        body: &[u8],
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n",
-            body.len()
-        );
-        if let Some(token) = token {
-            head.push_str(&format!("authorization: Bearer {token}\r\n"));
-        }
-        if let Some(key) = idempotency_key {
-            head.push_str(&format!("idempotency-key: {key}\r\n"));
-        }
-        head.push_str("\r\n");
-        let stream = self.stream.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("not an HTTP answer: {line:?}"))?;
-        let mut length = None;
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                bail!("the connection closed mid-answer");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = Some(value.trim().parse::<usize>()?);
-                }
-            }
-        }
-        let length = length.context("an answer without Content-Length")?;
-        if length > ANSWER_MAX_BYTES {
-            bail!("an answer of {length} bytes");
-        }
-        let mut answer = vec![0; length];
-        self.stream.read_exact(&mut answer).await?;
-        Ok((status, answer))
     }
 }
