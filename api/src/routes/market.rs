@@ -117,6 +117,35 @@ fn in_range(
     }
 }
 
+/// Runs a market write once per `Idempotency-Key` in the org's scope (a replay answers the
+/// first answer); only a new request counts against the org's velocity limit.
+async fn market_write<Fut>(
+    state: web::Data<AppState>,
+    org: OrgId,
+    req: &HttpRequest,
+    body: &[u8],
+    key: &IdempotencyKey,
+    work: impl FnOnce(std::sync::Arc<AppState>) -> Fut,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    Fut: std::future::Future<Output = Result<Answer, actix_web::Error>>,
+{
+    let fingerprint = idempotency::fingerprint(req, body);
+    let store = state.ledger.store().clone();
+    let state = state.into_inner();
+    idempotency::once(
+        store.as_ref(),
+        &org.to_string(),
+        key,
+        fingerprint,
+        || async move {
+            velocity(&state, org)?;
+            work(state).await
+        },
+    )
+    .await
+}
+
 /// Takes one market write from the org's allowance (velocity limit), or answers 429.
 fn velocity(state: &AppState, org: OrgId) -> Result<(), actix_web::Error> {
     state
@@ -1238,11 +1267,7 @@ pub async fn create_listing(
         min_fill: body_in.min_fill,
         auto_sell_at,
     };
-    let fingerprint = idempotency::fingerprint(&req, &body);
-    let store = state.ledger.store().clone();
-    let state = state.into_inner();
-    idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
-        velocity(&state, org)?;
+    market_write(state, org, &req, &body, &key, |state| async move {
         let record = state.market.list(&request).await.map_err(market_error)?;
         Ok(Answer {
             status: StatusCode::CREATED,
@@ -1400,11 +1425,7 @@ pub async fn amend_listing(
     let listing = own_listing(&state, org, &path.1).await?;
     let scope = org.to_string();
     let request_id = key.transfer_id(&format!("{scope}/amend"), 0).as_uuid();
-    let fingerprint = idempotency::fingerprint(&req, &body);
-    let store = state.ledger.store().clone();
-    let state = state.into_inner();
-    idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
-        velocity(&state, org)?;
+    market_write(state, org, &req, &body, &key, |state| async move {
         let record = state
             .market
             .amend_down(request_id, org, &listing.asset, listing.id, quantity)
@@ -1451,12 +1472,7 @@ pub async fn cancel_listing(
 ) -> Result<HttpResponse, actix_web::Error> {
     let org = access.org;
     let listing = own_listing(&state, org, &path.1).await?;
-    let scope = org.to_string();
-    let fingerprint = idempotency::fingerprint(&req, &[]);
-    let store = state.ledger.store().clone();
-    let state = state.into_inner();
-    idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
-        velocity(&state, org)?;
+    market_write(state, org, &req, &[], &key, |state| async move {
         let record = state
             .market
             .cancel(Withdrawer::Seller(org), &listing.asset, listing.id)
@@ -1643,11 +1659,7 @@ pub async fn create_order(
         limit,
         allow_provider_fill: order.allow_provider_fill,
     };
-    let fingerprint = idempotency::fingerprint(&req, &body);
-    let store = state.ledger.store().clone();
-    let state = state.into_inner();
-    idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
-        velocity(&state, org)?;
+    market_write(state, org, &req, &body, &key, |state| async move {
         let result = state.market.buy(&request).await.map_err(market_error)?;
         let view = order_view(&asset, &result, result.created_at);
         Ok(Answer {
@@ -1787,11 +1799,7 @@ pub async fn create_buyback(
         asset,
         quantity: buyback.quantity,
     };
-    let fingerprint = idempotency::fingerprint(&req, &body);
-    let store = state.ledger.store().clone();
-    let state = state.into_inner();
-    idempotency::once(store.as_ref(), &scope, &key, fingerprint, || async move {
-        velocity(&state, org)?;
+    market_write(state, org, &req, &body, &key, |state| async move {
         let record = state.market.buyback(&request).await.map_err(market_error)?;
         Ok(Answer {
             status: StatusCode::CREATED,
