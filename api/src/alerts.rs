@@ -107,13 +107,13 @@ impl Alerts {
             if record.cycle_end <= now {
                 continue;
             }
-            let Ok(depth) = market.depth(&record.asset, 1).await else {
+            let Ok(info) = crate::market::MarketInfo::parse(record) else {
                 continue;
             };
-            let Some(best) = depth.first() else {
+            let Ok(Some((price, _))) = market.best(&info).await else {
                 continue;
             };
-            let price = best.price_per_1m_micro_cr;
+            let record = &info.record;
             let alerts = store
                 .triggered_alerts(&record.asset, price, now, PASS_MAX)
                 .await?;

@@ -128,7 +128,8 @@ pub struct MarketInfo {
 }
 
 impl MarketInfo {
-    fn parse(record: MarketRecord) -> Result<Self, MarketError> {
+    /// A stored market with its settings parsed.
+    pub fn parse(record: MarketRecord) -> Result<Self, MarketError> {
         let settings = MarketSettings::from_json(&record.settings).map_err(corrupt)?;
         let window = DecayWindow::new(record.window_open, record.cycle_end).map_err(corrupt)?;
         Ok(Self {
@@ -768,6 +769,38 @@ impl Market {
             .buyback()
             .price(face, info.window, now)
             .per_1m_micro_cr())
+    }
+
+    /// The cheapest decayed price now and the tokens for sale at it; `None` for an empty book.
+    /// Reads the book (in (ask, arrival) order, which decay never reorders) only
+    /// as far as that price, not the whole of it as [`Market::depth`] does.
+    pub async fn best(&self, info: &MarketInfo) -> Result<Option<(u64, u64)>, MarketError> {
+        let asset = &info.record.asset;
+        let factor = info
+            .settings
+            .curve()
+            .factor(info.window, self.store().clock().now());
+        let mut best: Option<(u64, u64)> = None;
+        let mut after = None;
+        loop {
+            let page = self.store().book(asset, after, BUY_BOOK_PAGE).await?;
+            for listing in &page {
+                let price = credex_pricing::decay::price_at(listing.ask_per_1m_micro_cr, factor);
+                match &mut best {
+                    None => best = Some((price, listing.quantity_open)),
+                    Some((at, quantity)) if *at == price => {
+                        *quantity = quantity.saturating_add(listing.quantity_open);
+                    }
+                    Some(_) => return Ok(best),
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == BUY_BOOK_PAGE as usize => {
+                    after = Some((last.ask_per_1m_micro_cr, last.seq));
+                }
+                _ => return Ok(best),
+            }
+        }
     }
 
     /// The market's most recent fills, newest first.

@@ -283,11 +283,7 @@ pub struct MarketView {
 async fn market_view(state: &AppState, info: &MarketInfo) -> Result<MarketView, actix_web::Error> {
     let market = &state.market;
     let now = state.ledger.store().clock().now();
-    let depth = market
-        .depth(&info.record.asset, 1)
-        .await
-        .map_err(market_error)?;
-    let best = depth.first();
+    let best = market.best(info).await.map_err(market_error)?;
     let factor = info.settings.curve().factor(info.window, now);
     Ok(MarketView {
         asset: info.record.asset.to_string(),
@@ -298,8 +294,8 @@ async fn market_view(state: &AppState, info: &MarketInfo) -> Result<MarketView, 
         settings: settings_view(info)?,
         settings_updated_at: rfc3339(info.record.settings_updated_at),
         decay_factor_now: factor.as_decimal().normalize().to_string(),
-        best_price_now_per_1m_micro_cr: best.map(|level| level.price_per_1m_micro_cr),
-        best_quantity_now: best.map(|level| level.quantity),
+        best_price_now_per_1m_micro_cr: best.map(|(price, _)| price),
+        best_quantity_now: best.map(|(_, quantity)| quantity),
         buyback_price_now_per_1m_micro_cr: market
             .buyback_price_now(info)
             .await
@@ -366,7 +362,7 @@ pub async fn list_markets(
         .map_err(|error| internal(&error))?;
     let mut views = Vec::with_capacity(records.len());
     for record in records {
-        let info = existing_market(&state, &record.asset).await?;
+        let info = MarketInfo::parse(record).map_err(market_error)?;
         views.push(market_view(&state, &info).await?);
     }
     Ok(HttpResponse::Ok().json(views))
