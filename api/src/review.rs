@@ -197,11 +197,9 @@ async fn sells_allotment(
     let mut per_cycle: Vec<BTreeMap<OrgId, SellerFigures>> = Vec::new();
     for cycle in &closed {
         let mut totals: BTreeMap<OrgId, SellerFigures> = BTreeMap::new();
+        let id = CycleId::parse(cycle).map_err(corrupt)?;
         let classes = store.cycle_classes(cycle).await.map_err(cycle_error)?;
         for (class, _) in classes {
-            let Ok(id) = CycleId::parse(cycle) else {
-                continue;
-            };
             let Ok(asset) = id.asset(&class) else {
                 continue;
             };
