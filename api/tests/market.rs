@@ -5,6 +5,7 @@
 //! nothing twice; two processes racing 32 buyers over 50 listings never fill one twice; and a
 //! cycle's close cancels its listings.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use credex_api::cycles::{close_cycle, open_cycle, CycleId};
@@ -241,6 +242,36 @@ impl World {
             .await
             .expect("read")
             .expect("the listing")
+    }
+
+    /// The listings as stored now, each checked: open + filled = listed, and its fills sum to
+    /// what it says it sold.
+    async fn listings_add_up(&self, listings: &[ListingRecord]) -> Vec<ListingRecord> {
+        let mut stored = Vec::new();
+        for listing in listings {
+            let now = self.listing(listing.id).await;
+            let fills = self.store().listing_fills(listing.id).await.expect("fills");
+            let sold: u64 = fills.iter().map(|f| f.quantity).sum();
+            assert_eq!(sold, now.quantity_filled, "{now:?}");
+            assert_eq!(now.quantity_open + now.quantity_filled, now.quantity_listed);
+            stored.push(now);
+        }
+        stored
+    }
+
+    /// Each of the first `sellers` orgs' escrow holds exactly its listings' open quantities.
+    async fn escrows_hold_open_listings(&self, stored: &[ListingRecord], sellers: usize) {
+        for seller in &self.orgs[..sellers] {
+            let open: u64 = stored
+                .iter()
+                .filter(|l| l.seller == *seller)
+                .map(|l| l.quantity_open)
+                .sum();
+            assert_eq!(
+                self.tokens(*seller, AccountKind::Escrow).await,
+                i128::from(open)
+            );
+        }
     }
 
     /// Everything a refused request must leave as it was: every balance, the journal's
@@ -913,36 +944,122 @@ async fn concurrent_buyers_in_two_processes_never_double_fill(db: &TestDb) {
         assert!(prices.windows(2).all(|p| p[0] <= p[1]), "{prices:?}");
     }
 
-    // Every listing: open + filled = listed, and its fills sum to what it says it sold.
-    let mut stored = Vec::new();
-    for listing in &listings {
-        let now = w.listing(listing.id).await;
-        let fills = w.store().listing_fills(listing.id).await.expect("fills");
-        let sold: u64 = fills.iter().map(|f| f.quantity).sum();
-        assert_eq!(sold, now.quantity_filled, "{now:?}");
-        assert_eq!(now.quantity_open + now.quantity_filled, now.quantity_listed);
-        stored.push(now);
-    }
+    let mut stored = w.listings_add_up(&listings).await;
     // Price-time order over the whole book: filled listings, at most one partial, untouched.
     stored.sort_by_key(|l| (l.ask_per_1m_micro_cr, l.seq));
     let filled: Vec<u64> = stored.iter().map(|l| l.quantity_filled).collect();
     let full = filled.iter().take_while(|q| **q == PER_LISTING).count();
     assert!(filled[full + 1..].iter().all(|q| *q == 0), "{filled:?}");
-    for s in 0..SELLERS {
-        let seller = w.orgs[s];
-        let open: u64 = stored
-            .iter()
-            .filter(|l| l.seller == seller)
-            .map(|l| l.quantity_open)
-            .sum();
-        assert_eq!(
-            w.tokens(seller, AccountKind::Escrow).await,
-            i128::from(open)
-        );
-    }
+    w.escrows_hold_open_listings(&stored, SELLERS).await;
     assert!(w.store().check().await.expect("check").is_ok());
     assert!(second.store().check().await.expect("check").is_ok());
     second.close().await;
+    w.ledger.close().await;
+}
+
+/// Buys that arrive together are matched in batches (one transaction for many orders), and
+/// come out as they would one by one: every order whole while the book lasts, no listing sold
+/// twice, linked orgs never matched, a replayed order id answered with the first run's fills,
+/// and an order the ledger refuses (its buyer cannot pay) refused alone, changing nothing,
+/// while the batch it came in runs again without it.
+async fn batched_buys_come_out_as_one_by_one(db: &TestDb) {
+    const SELLERS: usize = 6;
+    const BUYERS: usize = 24;
+    const PER_LISTING: u64 = 10_000;
+    const WANTED: u64 = 7_000;
+    let w = world(db, &teams(SELLERS + BUYERS)).await;
+    let mut listings = Vec::new();
+    for i in 0..40 {
+        let ask = 1_000_000 + (i as u64 % 5) * 100_000;
+        listings.push(w.list(w.orgs[i % SELLERS], PER_LISTING, ask).await);
+    }
+    // The first buyer may not buy from the first seller.
+    let linked = w.orgs[SELLERS];
+    w.store()
+        .link_orgs(linked, w.orgs[0], &audit("orgs.link"))
+        .await
+        .expect("link");
+    // The last buyer asks the provider for far more than its 1,000 CR pay for.
+    let broke = w.orgs[SELLERS + BUYERS - 1];
+    let market = Arc::new(Market::new(w.ledger.clone(), FraudPolicy::default()));
+    let mut requests = Vec::new();
+    for i in 0..BUYERS - 1 {
+        requests.push(w.buy_request(
+            w.orgs[SELLERS + i],
+            WANTED,
+            Limit::PricePer1m(10_000_000),
+            false,
+        ));
+    }
+    let replayed = requests[3].clone();
+    requests.insert(7, replayed.clone());
+    requests.insert(
+        16,
+        w.buy_request(broke, 400_000_000, Limit::PricePer1m(10_000_000), true),
+    );
+    // Every buyer's accounts made first (an order below every ask buys nothing), so that the
+    // orders below reach their market's queue without waiting on the database.
+    for i in 0..BUYERS {
+        let request = w.buy_request(w.orgs[SELLERS + i], 1_000, Limit::PricePer1m(1), false);
+        let answer = market.buy(&request).await.expect("a buy");
+        assert_eq!(answer.summary.filled, 0);
+    }
+    // Two waves: the first batches commit; the second's batch holds the refused order. (In
+    // each wave the first order runs alone: nothing waits behind it yet.)
+    let mut answers = Vec::new();
+    for wave in [&requests[..13], &requests[13..]] {
+        let mut tasks = Vec::new();
+        for request in wave {
+            let (market, request) = (market.clone(), request.clone());
+            tasks.push(tokio::spawn(async move { market.buy(&request).await }));
+        }
+        for task in tasks {
+            answers.push(task.await.expect("a task"));
+        }
+    }
+    let stats = market.batch_stats();
+    // In each wave the first order runs alone and the rest wait behind it: one batch each.
+    assert_eq!(stats.batches, 1, "{stats:?}");
+    assert_eq!(
+        stats.unbatched, 1,
+        "the refused order's batch committed: {stats:?}"
+    );
+
+    let mut filled_by_order: HashMap<Uuid, &OrderResult> = HashMap::new();
+    for (request, answer) in requests.iter().zip(&answers) {
+        if request.buyer == broke {
+            assert!(
+                matches!(answer, Err(MarketError::InsufficientCredits)),
+                "{answer:?}"
+            );
+            continue;
+        }
+        let answer = answer.as_ref().expect("a buy");
+        assert_eq!(answer.summary.filled, WANTED, "{answer:?}");
+        if request.buyer == linked {
+            assert!(answer.fills.iter().all(|f| f.seller != Some(w.orgs[0])));
+        }
+        if let Some(first) = filled_by_order.insert(request.id, answer) {
+            assert_eq!(first.fills, answer.fills, "a replay answers the first run");
+            assert!(first.replayed || answer.replayed);
+        }
+    }
+    assert_eq!(filled_by_order.len(), BUYERS - 1);
+    assert_eq!(w.tokens(broke, AccountKind::Acquired).await, 0);
+    assert_eq!(w.credits(broke).await, i128::from(CREDITS));
+    for request in &requests {
+        if request.buyer != broke {
+            assert_eq!(
+                w.tokens(request.buyer, AccountKind::Acquired).await,
+                i128::from(WANTED)
+            );
+        }
+    }
+    let stored = w.listings_add_up(&listings).await;
+    let sold: u64 = stored.iter().map(|l| l.quantity_filled).sum();
+    assert_eq!(sold, (BUYERS as u64 - 1) * WANTED);
+    w.escrows_hold_open_listings(&stored, SELLERS).await;
+    assert!(w.store().check().await.expect("check").is_ok());
     w.ledger.close().await;
 }
 
@@ -1046,5 +1163,6 @@ on_both_backends!(
     buybacks_stay_within_their_caps,
     every_refusal_changes_nothing,
     concurrent_buyers_in_two_processes_never_double_fill,
+    batched_buys_come_out_as_one_by_one,
     closing_the_cycle_cancels_open_listings,
 );

@@ -52,8 +52,9 @@ pub use identity::{
 pub use ledger::Ledger;
 pub use market::{
     BuybackRecord, FillFeePayer, FillRecord, ListingChange, ListingRecord, ListingState,
-    MarketDecision, MarketReads, MarketRecord, MarketStep, MarketStore, MarketTxOutcome,
-    MarketView, MarketWrite, NewListing, OrderRecord, SellUsage, SettingsChange,
+    MarketBatchDecision, MarketBatchOutcome, MarketDecision, MarketReads, MarketRecord, MarketStep,
+    MarketStore, MarketTxOutcome, MarketView, MarketWrite, NewListing, OrderRecord, SellUsage,
+    SettingsChange,
 };
 pub use postgres::PostgresStore;
 pub use pricing::{

@@ -41,6 +41,11 @@ pub const BOOK_PAGE_MAX: u32 = 1_000;
 pub const BOOK_SCAN_MAX: usize = 16_384;
 /// The most rows any other page returns.
 pub const MARKET_PAGE_MAX: u32 = 1_000;
+/// The most rows one multi-row `INSERT` carries (14 parameters each stays far below either
+/// backend's limit on parameters).
+pub(crate) const INSERT_ROWS_MAX: usize = 500;
+/// The most items one [`MarketStore::market_batch_tx`] takes.
+pub const BATCH_ITEMS_MAX: usize = 256;
 
 /// A market: one token asset's settings and listing window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -348,6 +353,93 @@ pub enum MarketTxOutcome {
 /// asked for, and again from the start if the transaction is retried.
 pub type MarketDecision<'a> = dyn FnMut(&MarketView) -> MarketStep + Send + 'a;
 
+/// The decision of a batch ([`MarketStore::market_batch_tx`]): called for each item in order,
+/// with the item's index (again after each page of listings it asks for), and again from the
+/// first item if the transaction is retried.
+pub type MarketBatchDecision<'a> = dyn FnMut(usize, &MarketView) -> MarketStep + Send + 'a;
+
+/// What a batch of market decisions did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarketBatchOutcome {
+    /// No market for this asset.
+    NoMarket,
+    /// Every item was decided and what they wrote committed together: per item, in order,
+    /// `None` where its decision stopped, else the ledger's answers to its chain (each `Ok` or
+    /// `exists`).
+    Committed(Vec<Option<Vec<TransferResult>>>),
+    /// The ledger refused a chain: nothing of the batch was written (the items after it were
+    /// decided on a book the refused one had changed). The caller runs the items one by one.
+    Refused,
+}
+
+/// A batch's running state: the book and balances as the items decided so far left them, and
+/// the listing changes they made, merged per listing (the first one's `expected_open`, the
+/// last one's `open` and `state`, the sum of `filled`).
+#[derive(Debug, Default)]
+pub(crate) struct BatchState {
+    pub book: Vec<ListingRecord>,
+    pub balances: HashMap<AccountId, Balance>,
+    pub merged: Vec<ListingChange>,
+}
+
+impl BatchState {
+    /// Takes in what one item wrote. A change must start from the listing's open quantity in
+    /// the book the item saw, and the batch cannot add listings or record buybacks.
+    pub(crate) fn apply(&mut self, write: &MarketWrite, now: Timestamp) -> Result<(), StoreError> {
+        if write.new_listing.is_some() || write.buyback.is_some() {
+            return Err(StoreError::corrupt(
+                "a batched market decision may only change listings and write orders",
+            ));
+        }
+        for change in &write.listing_changes {
+            let index = self
+                .book
+                .iter()
+                .position(|listing| listing.id == change.id && listing.state == ListingState::Open)
+                .ok_or_else(|| {
+                    StoreError::corrupt(format!(
+                        "a batch changed listing {} not in its book",
+                        change.id
+                    ))
+                })?;
+            let listing = &mut self.book[index];
+            if listing.quantity_open != change.expected_open {
+                return Err(StoreError::corrupt(format!(
+                    "a batch changed listing {} from a quantity it did not have",
+                    change.id
+                )));
+            }
+            listing.quantity_open = change.open;
+            listing.quantity_filled = listing.quantity_filled.saturating_add(change.filled);
+            listing.state = change.state;
+            listing.updated_at = now;
+            if change.state != ListingState::Open {
+                self.book.remove(index);
+            }
+            match self.merged.iter_mut().find(|merged| merged.id == change.id) {
+                Some(merged) => {
+                    merged.open = change.open;
+                    merged.filled = merged.filled.saturating_add(change.filled);
+                    merged.state = change.state;
+                }
+                None => self.merged.push(*change),
+            }
+        }
+        for transfer in &write.transfers {
+            if let credex_ledger::Action::Move(movement) = transfer.action() {
+                let amount = movement.amount().get();
+                if let Some(balance) = self.balances.get_mut(&movement.debit_account_id()) {
+                    balance.debits_posted = balance.debits_posted.saturating_add(amount);
+                }
+                if let Some(balance) = self.balances.get_mut(&movement.credit_account_id()) {
+                    balance.credits_posted = balance.credits_posted.saturating_add(amount);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Markets, listings, orders, fills, buybacks and org links, for either backend.
 #[async_trait]
 pub trait MarketStore: Send + Sync {
@@ -383,6 +475,19 @@ pub trait MarketStore: Send + Sync {
         reads: &MarketReads,
         decide: &mut MarketDecision<'_>,
     ) -> Result<MarketTxOutcome, StoreError>;
+
+    /// Several decisions on one market in one transaction: one lock, one read of the book, one
+    /// commit. Each item sees the book and the balances it asked for as the items before it
+    /// left them. An item may read the book, an order, an org (with its open flags and the
+    /// policy), its linked orgs and balances — not a listing, a buyback, selling usage or
+    /// transfers — and may only change listings and write orders and fills. Two items must
+    /// not name the same order.
+    async fn market_batch_tx(
+        &self,
+        asset: &AssetCode,
+        reads: &[MarketReads],
+        decide: &mut MarketBatchDecision<'_>,
+    ) -> Result<MarketBatchOutcome, StoreError>;
 
     async fn listing(&self, id: Uuid) -> Result<Option<ListingRecord>, StoreError>;
 
@@ -505,7 +610,10 @@ macro_rules! shared_market {
             use std::collections::{BTreeSet, HashMap, HashSet};
 
             use async_trait::async_trait;
-            use credex_ledger::{AccountId, AccountKind, AssetCode, OrgId, Timestamp, TransferCode};
+            use credex_ledger::{
+                AccountId, AccountKind, AssetCode, OrgId, Timestamp, Transfer, TransferCode,
+                TransferResult,
+            };
             use sqlx::Row;
             use uuid::Uuid;
 
@@ -517,9 +625,10 @@ macro_rules! shared_market {
                 transfer_ids_json, unsigned, BuybackRecord, FillRecord, ListingRecord,
                 ListingState, MarketDecision, MarketReads, MarketRecord, MarketStep, MarketStore,
                 MarketTxOutcome, MarketView, MarketWrite, NewListing, OrderRecord, SellUsage,
-                SettingsChange, BOOK_PAGE_MAX, BOOK_SCAN_MAX, MARKET_PAGE_MAX,
+                SettingsChange, BatchState, MarketBatchDecision, MarketBatchOutcome,
+                BATCH_ITEMS_MAX, BOOK_PAGE_MAX, BOOK_SCAN_MAX, INSERT_ROWS_MAX, MARKET_PAGE_MAX,
             };
-            use crate::sql::{backoff, Mode, MAX_ATTEMPTS};
+            use crate::sql::Mode;
             use crate::StoreError;
 
             type Connection = <$db as sqlx::Database>::Connection;
@@ -726,7 +835,10 @@ macro_rules! shared_market {
                 .bind(org.as_uuid())
                 .fetch_optional(&mut *conn)
                 .await?;
-                let Some(row) = row else { return Ok(None) };
+                row.as_ref().map(org_record).transpose()
+            }
+
+            fn org_record(row: &DbRow) -> Result<crate::identity::Org, StoreError> {
                 let raw = RawOrg {
                     id: row.try_get("id")?,
                     name: row.try_get("name")?,
@@ -735,7 +847,7 @@ macro_rules! shared_market {
                     frozen: row.try_get("frozen")?,
                     created_at: row.try_get("created_at")?,
                 };
-                raw.into_org().map(Some).map_err(StoreError::corrupt)
+                raw.into_org().map_err(StoreError::corrupt)
             }
 
             async fn fetch_open_flags(
@@ -939,10 +1051,14 @@ macro_rules! shared_market {
 
             /// Asks the decision until it writes or stops, loading pages of the book it asks
             /// for.
+            ///
+            /// `cursor` is the key (ask, seq) of the last listing read from the database: the
+            /// book in the view may have lost listings the batch filled, so it cannot tell.
             async fn decide_with_pages(
                 conn: &mut Connection,
                 view: &mut MarketView,
                 first_page: u32,
+                cursor: &mut Option<(u64, u64)>,
                 decide: &mut MarketDecision<'_>,
             ) -> Result<Option<Box<MarketWrite>>, StoreError> {
                 let mut page = first_page.clamp(1, BOOK_PAGE_MAX);
@@ -957,13 +1073,12 @@ macro_rules! shared_market {
                                 ));
                             }
                             page = page.saturating_mul(2).min(BOOK_PAGE_MAX);
-                            let after = view
-                                .book
-                                .last()
-                                .map(|last| (last.ask_per_1m_micro_cr, last.seq));
                             let asset = view.market.asset.clone();
-                            let more = book_page(&mut *conn, &asset, after, page).await?;
+                            let more = book_page(&mut *conn, &asset, *cursor, page).await?;
                             let full = more.len() == usize::try_from(page).unwrap_or(usize::MAX);
+                            if let Some(last) = more.last() {
+                                *cursor = Some((last.ask_per_1m_micro_cr, last.seq));
+                            }
                             view.book.extend(more);
                             // Past the scan bound the matching engine never looks (see
                             // BOOK_SCAN_MAX): the book is complete for every decision.
@@ -1064,49 +1179,73 @@ macro_rules! shared_market {
                 Ok(record)
             }
 
+            /// Writes the orders and fills of committed decisions, a few statements for all.
+            async fn insert_orders_and_fills(
+                conn: &mut Connection,
+                writes: &[&MarketWrite],
+            ) -> Result<(), StoreError> {
+                let orders: Vec<&OrderRecord> =
+                    writes.iter().filter_map(|write| write.order.as_ref()).collect();
+                for chunk in orders.chunks(INSERT_ROWS_MAX) {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO orders (id, buyer_org, asset, request, result, created_at) ",
+                    );
+                    query.push_values(chunk, |mut row, order| {
+                        row.push_bind(order.id)
+                            .push_bind(order.buyer.as_uuid())
+                            .push_bind(order.asset.as_str().to_owned())
+                            .push_bind(order.request.clone())
+                            .push_bind(order.result.clone())
+                            .push_bind(order.created_at.as_micros());
+                    });
+                    query.build().execute(&mut *conn).await?;
+                }
+                let fills: Vec<&FillRecord> =
+                    writes.iter().flat_map(|write| write.fills.iter()).collect();
+                for chunk in fills.chunks(INSERT_ROWS_MAX) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for fill in chunk {
+                        rows.push((
+                            *fill,
+                            i32::try_from(fill.position).map_err(StoreError::corrupt)?,
+                            signed(fill.quantity)?,
+                            signed(fill.price_per_1m_micro_cr)?,
+                            signed(fill.cost_micro_cr)?,
+                            signed(fill.fee_micro_cr)?,
+                        ));
+                    }
+                    let mut query = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO fills (id, order_id, position, asset, listing_id, buyer_org, \
+                         seller_org, quantity, price_per_1m_micro_cr, cost_micro_cr, \
+                         fee_micro_cr, fee_payer, transfer_ids, at) ",
+                    );
+                    query.push_values(rows, |mut row, (fill, position, quantity, price, cost, fee)| {
+                        row.push_bind(fill.id)
+                            .push_bind(fill.order_id)
+                            .push_bind(position)
+                            .push_bind(fill.asset.as_str().to_owned())
+                            .push_bind(fill.listing_id)
+                            .push_bind(fill.buyer.as_uuid())
+                            .push_bind(fill.seller.map(OrgId::as_uuid))
+                            .push_bind(quantity)
+                            .push_bind(price)
+                            .push_bind(cost)
+                            .push_bind(fee)
+                            .push_bind(fee_payer_text(fill.fee_payer))
+                            .push_bind(transfer_ids_json(&fill.transfer_ids))
+                            .push_bind(fill.at.as_micros());
+                    });
+                    query.build().execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
             /// Writes the order, its fills and the buyback of a committed decision.
             async fn write_records(
                 conn: &mut Connection,
                 write: &MarketWrite,
             ) -> Result<(), StoreError> {
-                if let Some(order) = &write.order {
-                    sqlx::query(
-                        "INSERT INTO orders (id, buyer_org, asset, request, result, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(order.id)
-                    .bind(order.buyer.as_uuid())
-                    .bind(order.asset.as_str())
-                    .bind(&order.request)
-                    .bind(&order.result)
-                    .bind(order.created_at.as_micros())
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                for fill in &write.fills {
-                    sqlx::query(
-                        "INSERT INTO fills (id, order_id, position, asset, listing_id, buyer_org, \
-                         seller_org, quantity, price_per_1m_micro_cr, cost_micro_cr, \
-                         fee_micro_cr, fee_payer, transfer_ids, at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                    )
-                    .bind(fill.id)
-                    .bind(fill.order_id)
-                    .bind(i32::try_from(fill.position).map_err(StoreError::corrupt)?)
-                    .bind(fill.asset.as_str())
-                    .bind(fill.listing_id)
-                    .bind(fill.buyer.as_uuid())
-                    .bind(fill.seller.map(OrgId::as_uuid))
-                    .bind(signed(fill.quantity)?)
-                    .bind(signed(fill.price_per_1m_micro_cr)?)
-                    .bind(signed(fill.cost_micro_cr)?)
-                    .bind(signed(fill.fee_micro_cr)?)
-                    .bind(fee_payer_text(fill.fee_payer))
-                    .bind(transfer_ids_json(&fill.transfer_ids))
-                    .bind(fill.at.as_micros())
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                insert_orders_and_fills(&mut *conn, &[write]).await?;
                 if let Some(buyback) = &write.buyback {
                     sqlx::query(
                         "INSERT INTO buybacks (id, org_id, asset, listing_id, quantity, \
@@ -1128,6 +1267,123 @@ macro_rules! shared_market {
                 Ok(())
             }
 
+            /// What the items of a batch read, each kind in one statement for all of them.
+            #[derive(Default)]
+            struct BatchReads {
+                orders: HashMap<Uuid, (OrderRecord, Vec<FillRecord>)>,
+                orgs: HashMap<OrgId, crate::identity::Org>,
+                flags: HashMap<OrgId, Vec<crate::review::OpenFlag>>,
+                policy: Option<String>,
+                links: HashMap<OrgId, BTreeSet<OrgId>>,
+            }
+
+            async fn read_batch(
+                conn: &mut Connection,
+                reads: &[MarketReads],
+            ) -> Result<BatchReads, StoreError> {
+                let mut out = BatchReads::default();
+                for item in reads {
+                    let unsupported = item.listing.is_some()
+                        || item.buyback.is_some()
+                        || item.usage_of.is_some()
+                        || !item.transfers.is_empty();
+                    if unsupported {
+                        return Err(StoreError::corrupt(
+                            "a batched market decision may read the book, orders, orgs, links \
+                             and balances only",
+                        ));
+                    }
+                }
+                let order_ids: Vec<Uuid> = reads.iter().filter_map(|item| item.order).collect();
+                if !order_ids.is_empty() {
+                    let sql =
+                        format!("SELECT id FROM orders WHERE {}", dialect::in_uuids("id"));
+                    let found: Vec<Uuid> = sqlx::query_scalar(&sql)
+                        .bind(dialect::uuid_list(&order_ids))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    // Replays are rare: each is read whole, with its fills.
+                    for id in found {
+                        if let Some(order) = fetch_order(&mut *conn, id).await? {
+                            out.orders.insert(id, order);
+                        }
+                    }
+                }
+                let mut org_ids: Vec<Uuid> = reads
+                    .iter()
+                    .filter_map(|item| item.org.map(OrgId::as_uuid))
+                    .collect();
+                org_ids.sort_unstable();
+                org_ids.dedup();
+                if !org_ids.is_empty() {
+                    let sql = format!(
+                        "SELECT id, name, plan, verification_level, frozen, created_at FROM orgs \
+                         WHERE {}",
+                        dialect::in_uuids("id")
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(dialect::uuid_list(&org_ids))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    for row in &rows {
+                        let org = org_record(row)?;
+                        out.orgs.insert(org.id, org);
+                    }
+                    let sql = format!(
+                        "SELECT org_id, kind, reason FROM review_flags WHERE {} \
+                         AND cleared_at IS NULL ORDER BY raised_at, id",
+                        dialect::in_uuids("org_id")
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(dialect::uuid_list(&org_ids))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    for row in &rows {
+                        let org = org_id(row.try_get("org_id")?)?;
+                        let kind: String = row.try_get("kind")?;
+                        let flag = crate::review::OpenFlag {
+                            kind: crate::review::FlagKind::parse(&kind).ok_or_else(|| {
+                                StoreError::corrupt(format!("a flag kind {kind:?}"))
+                            })?,
+                            reason: row.try_get("reason")?,
+                        };
+                        let flags = out.flags.entry(org).or_default();
+                        if flags.len() < 8 {
+                            flags.push(flag);
+                        }
+                    }
+                    out.policy = sqlx::query_scalar::<_, String>(
+                        "SELECT policy FROM market_policy WHERE id = 1",
+                    )
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                }
+                let mut link_ids: Vec<Uuid> = reads
+                    .iter()
+                    .filter_map(|item| item.links_of.map(OrgId::as_uuid))
+                    .collect();
+                link_ids.sort_unstable();
+                link_ids.dedup();
+                if !link_ids.is_empty() {
+                    let sql = format!(
+                        "SELECT org_a, org_b FROM org_links WHERE {} OR {}",
+                        dialect::in_uuids("org_a"),
+                        dialect::in_uuids("org_b")
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(dialect::uuid_list(&link_ids))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    for row in &rows {
+                        let a = org_id(row.try_get("org_a")?)?;
+                        let b = org_id(row.try_get("org_b")?)?;
+                        out.links.entry(a).or_default().insert(b);
+                        out.links.entry(b).or_default().insert(a);
+                    }
+                }
+                Ok(out)
+            }
+
             impl $store {
                 async fn market_tx_once(
                     &self,
@@ -1143,8 +1399,18 @@ macro_rules! shared_market {
                     // Taken under the lock, so a market's writes are stamped in their order.
                     let now = self.clock.now();
                     let mut view = read_view(&mut tx, market, reads, now).await?;
-                    let Some(write) =
-                        decide_with_pages(&mut tx, &mut view, reads.book_page, decide).await?
+                    let mut cursor = view
+                        .book
+                        .last()
+                        .map(|last| (last.ask_per_1m_micro_cr, last.seq));
+                    let Some(write) = decide_with_pages(
+                        &mut tx,
+                        &mut view,
+                        reads.book_page,
+                        &mut cursor,
+                        decide,
+                    )
+                    .await?
                     else {
                         tx.rollback().await?;
                         return Ok(MarketTxOutcome::Stopped);
@@ -1170,6 +1436,146 @@ macro_rules! shared_market {
                     write_records(&mut tx, &write).await?;
                     tx.commit().await?;
                     Ok(MarketTxOutcome::Committed { results, listing })
+                }
+            }
+
+            impl $store {
+                async fn market_batch_once(
+                    &self,
+                    asset: &AssetCode,
+                    reads: &[MarketReads],
+                    decide: &mut MarketBatchDecision<'_>,
+                    mode: Mode,
+                ) -> Result<MarketBatchOutcome, StoreError> {
+                    let mut tx = dialect::begin_write(&self.pool).await?;
+                    let Some(market) = lock_market(&mut tx, asset).await? else {
+                        return Ok(MarketBatchOutcome::NoMarket);
+                    };
+                    let now = self.clock.now();
+                    let shared = read_batch(&mut tx, reads).await?;
+                    let first_page = reads
+                        .iter()
+                        .map(|item| item.book_page)
+                        .max()
+                        .unwrap_or(0);
+                    let (book, mut book_complete) = if first_page == 0 {
+                        (Vec::new(), false)
+                    } else {
+                        let page = first_page.min(BOOK_PAGE_MAX);
+                        let book = book_page(&mut tx, asset, None, page).await?;
+                        let complete = book.len() < usize::try_from(page).unwrap_or(usize::MAX);
+                        (book, complete)
+                    };
+                    let mut cursor = book
+                        .last()
+                        .map(|last| (last.ask_per_1m_micro_cr, last.seq));
+                    let mut balance_ids: Vec<AccountId> =
+                        reads.iter().flat_map(|item| item.balances.iter().copied()).collect();
+                    balance_ids.sort_unstable();
+                    balance_ids.dedup();
+                    let mut balances = fetch_balances(&mut tx, &balance_ids).await?;
+                    for id in balance_ids {
+                        balances.entry(id).or_default();
+                    }
+                    let mut state = BatchState {
+                        book,
+                        balances,
+                        merged: Vec::new(),
+                    };
+                    let mut writes: Vec<(usize, Box<MarketWrite>)> = Vec::new();
+                    let mut last_instant: Option<Timestamp> = None;
+                    for (index, item) in reads.iter().enumerate() {
+                        // Each decision at its own instant, later than the one before it: a
+                        // market's orders are stamped in the order they were decided.
+                        let instant = match last_instant {
+                            None => now,
+                            Some(last) => self.clock.now().max(last.plus_micros(1)),
+                        };
+                        last_instant = Some(instant);
+                        let org = item.org.and_then(|id| shared.orgs.get(&id).cloned());
+                        let mut view = MarketView {
+                            now: instant,
+                            market: market.clone(),
+                            book: std::mem::take(&mut state.book),
+                            book_complete,
+                            listing: None,
+                            order: item.order.and_then(|id| shared.orders.get(&id).cloned()),
+                            buyback: None,
+                            review_flags: item
+                                .org
+                                .and_then(|id| shared.flags.get(&id).cloned())
+                                .unwrap_or_default(),
+                            policy: item.org.and(shared.policy.clone()),
+                            org,
+                            usage: None,
+                            linked: item
+                                .links_of
+                                .and_then(|id| shared.links.get(&id).cloned())
+                                .unwrap_or_default(),
+                            balances: item
+                                .balances
+                                .iter()
+                                .filter_map(|id| state.balances.get(id).map(|b| (*id, *b)))
+                                .collect(),
+                            known_transfers: HashSet::new(),
+                        };
+                        let mut one = |view: &MarketView| decide(index, view);
+                        let step = decide_with_pages(
+                            &mut tx,
+                            &mut view,
+                            item.book_page,
+                            &mut cursor,
+                            &mut one,
+                        )
+                        .await?;
+                        state.book = view.book;
+                        book_complete = view.book_complete;
+                        if let Some(write) = step {
+                            state.apply(&write, instant)?;
+                            writes.push((index, write));
+                        }
+                    }
+                    let mut answers: Vec<Option<Vec<TransferResult>>> = vec![None; reads.len()];
+                    if writes.is_empty() {
+                        tx.rollback().await?;
+                        return Ok(MarketBatchOutcome::Committed(answers));
+                    }
+                    let changes = MarketWrite {
+                        listing_changes: std::mem::take(&mut state.merged),
+                        ..MarketWrite::default()
+                    };
+                    write_listings(&mut tx, &market, &changes, now).await?;
+                    let chained: Vec<&(usize, Box<MarketWrite>)> = writes
+                        .iter()
+                        .filter(|(_, write)| !write.transfers.is_empty())
+                        .collect();
+                    let requests: Vec<Vec<Transfer>> = chained
+                        .iter()
+                        .map(|(_, write)| write.transfers.clone())
+                        .collect();
+                    let results = self.apply_in(&mut tx, &requests, mode, now).await?;
+                    if results.len() != requests.len() {
+                        return Err(StoreError::corrupt("a batch's chains and answers differ"));
+                    }
+                    let accepted = results.iter().flatten().all(|result| match result {
+                        Ok(()) => true,
+                        Err(error) => error.is_exists(),
+                    });
+                    if !accepted {
+                        tx.rollback().await?;
+                        return Ok(MarketBatchOutcome::Refused);
+                    }
+                    let records: Vec<&MarketWrite> =
+                        writes.iter().map(|(_, write)| write.as_ref()).collect();
+                    insert_orders_and_fills(&mut tx, &records).await?;
+                    tx.commit().await?;
+                    for ((index, _), result) in chained.iter().zip(results) {
+                        answers[*index] = Some(result);
+                    }
+                    for (index, _) in &writes {
+                        answers[*index].get_or_insert_with(Vec::new);
+                    }
+                    Ok(MarketBatchOutcome::Committed(answers))
                 }
             }
 
@@ -1321,27 +1727,38 @@ macro_rules! shared_market {
                     reads: &MarketReads,
                     decide: &mut MarketDecision<'_>,
                 ) -> Result<MarketTxOutcome, StoreError> {
-                    let mut mode = Mode::Locked;
-                    let mut tries = 0;
-                    loop {
-                        tries += 1;
-                        match self.market_tx_once(asset, reads, decide, mode).await {
-                            Err(StoreError::Database(error))
-                                if mode != Mode::Whole && dialect::is_out_of_range(&error) =>
-                            {
-                                tracing::info!(%error, "a balance stripe ran out of range; retrying a market transaction with whole balances");
-                                mode = Mode::Whole;
-                            }
-                            Err(StoreError::Database(error)) if dialect::is_retryable(&error) => {
-                                if tries >= MAX_ATTEMPTS {
-                                    return Err(StoreError::Busy { attempts: tries });
-                                }
-                                tracing::debug!(%error, tries, "retrying a market transaction");
-                                backoff(tries).await;
-                            }
-                            other => return other,
-                        }
+                    // A lock makes the decision shareable by the retried attempts; they run
+                    // one after another, so it is never contended.
+                    let decide = tokio::sync::Mutex::new(decide);
+                    let decide = &decide;
+                    self.retrying(Mode::Locked, |mode| async move {
+                        let mut decide = decide.lock().await;
+                        self.market_tx_once(asset, reads, &mut **decide, mode).await
+                    })
+                    .await
+                }
+
+                async fn market_batch_tx(
+                    &self,
+                    asset: &AssetCode,
+                    reads: &[MarketReads],
+                    decide: &mut MarketBatchDecision<'_>,
+                ) -> Result<MarketBatchOutcome, StoreError> {
+                    if reads.len() > BATCH_ITEMS_MAX {
+                        return Err(StoreError::corrupt(format!(
+                            "a batch of {} market decisions (at most {BATCH_ITEMS_MAX})",
+                            reads.len()
+                        )));
                     }
+                    // A lock makes the decision shareable by the retried attempts; they run
+                    // one after another, so it is never contended.
+                    let decide = tokio::sync::Mutex::new(decide);
+                    let decide = &decide;
+                    self.retrying(Mode::Locked, |mode| async move {
+                        let mut decide = decide.lock().await;
+                        self.market_batch_once(asset, reads, &mut **decide, mode).await
+                    })
+                    .await
                 }
 
                 async fn buyback(&self, id: Uuid) -> Result<Option<BuybackRecord>, StoreError> {

@@ -18,6 +18,7 @@
 //! plan, not frozen, and within the per-cycle sell cap ([`FraudPolicy`]); frozen orgs cannot
 //! buy; an org never trades with itself or an org an admin linked to it.
 
+mod batch;
 mod policy;
 mod settings;
 
@@ -44,6 +45,7 @@ use uuid::Uuid;
 
 use crate::cycles::{derived_id, CycleId};
 
+pub use batch::BatchStats;
 pub use policy::{FraudPolicy, Refusal};
 pub use settings::{MarketSettings, MarketSettingsInput, SettingsError, DEFAULT_WINDOW_MICROS};
 
@@ -404,6 +406,8 @@ pub struct Market {
     ledger: Arc<Ledger>,
     policy: FraudPolicy,
     accounts: AccountBook,
+    buys: batch::BuyQueues,
+    known_markets: Mutex<std::collections::HashSet<AssetCode>>,
 }
 
 impl Market {
@@ -412,6 +416,8 @@ impl Market {
             ledger,
             policy,
             accounts: AccountBook::default(),
+            buys: batch::BuyQueues::default(),
+            known_markets: Mutex::default(),
         }
     }
 
@@ -421,6 +427,11 @@ impl Market {
 
     pub fn policy(&self) -> FraudPolicy {
         self.policy
+    }
+
+    /// How this process's buy orders ran: in batches or alone.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.buys.stats()
     }
 
     fn store(&self) -> &dyn Store {
@@ -601,7 +612,20 @@ impl Market {
             return Err(MarketError::InvalidId);
         }
         let asset = &request.asset;
-        self.ensure_market(asset).await?;
+        // A market, once made, is never removed: a buy makes sure of it once per process.
+        let known = self
+            .known_markets
+            .lock()
+            .is_ok_and(|known| known.contains(asset));
+        if !known {
+            self.ensure_market(asset).await?;
+            if let Ok(mut known) = self.known_markets.lock() {
+                if known.len() >= ACCOUNT_CACHE_MAX {
+                    known.clear();
+                }
+                known.insert(asset.clone());
+            }
+        }
         BuyOrder::new(request.buyer, request.quantity, request.limit, None)?;
         let buyer = Owner::Org(request.buyer);
         let accounts = BuyerAccounts {
@@ -611,23 +635,14 @@ impl Market {
                 .await?,
         };
         let market = self.accounts.market(&self.ledger, asset).await?;
-        let reads = MarketReads {
-            book_page: BUY_BOOK_PAGE,
-            order: Some(request.id),
-            org: Some(request.buyer),
-            links_of: Some(request.buyer),
-            balances: vec![market.treasury],
-            ..MarketReads::default()
-        };
         let context = BuyContext {
-            request,
+            request: request.clone(),
             policy: self.policy,
             buyer: accounts,
             market,
             request_json: buy_request_json(request),
         };
-        let ran = run(self.store(), asset, &reads, |view| plan_buy(view, &context)).await?;
-        Ok(ran.value)
+        self.buys.buy(&self.ledger, context).await
     }
 
     /// Sells `alloc` tokens to the provider at the market's buyback price now (`alloc →
@@ -1044,12 +1059,39 @@ fn plan_withdrawal(
     Ok(Plan::Write(Box::new(write), Some(after)))
 }
 
-struct BuyContext<'a> {
-    request: &'a BuyRequest,
+/// A buy order with what its decision needs besides the view.
+#[derive(Debug)]
+struct BuyContext {
+    request: BuyRequest,
     policy: FraudPolicy,
     buyer: BuyerAccounts,
     market: MarketAccounts,
     request_json: String,
+}
+
+impl BuyContext {
+    /// What a buy reads under the market's lock: the book, a replay, the buyer's standing and
+    /// links, and the treasury (emergency credits come from its stock first).
+    fn reads(&self) -> MarketReads {
+        MarketReads {
+            book_page: BUY_BOOK_PAGE,
+            order: Some(self.request.id),
+            org: Some(self.request.buyer),
+            links_of: Some(self.request.buyer),
+            balances: vec![self.market.treasury],
+            ..MarketReads::default()
+        }
+    }
+}
+
+/// Runs one buy order in its own market transaction.
+async fn buy_alone(store: &dyn Store, context: &BuyContext) -> Result<OrderResult, MarketError> {
+    let reads = context.reads();
+    let ran = run(store, &context.request.asset, &reads, |view| {
+        plan_buy(view, context)
+    })
+    .await?;
+    Ok(ran.value)
 }
 
 fn buy_request_json(request: &BuyRequest) -> String {
@@ -1067,8 +1109,8 @@ fn buy_request_json(request: &BuyRequest) -> String {
     .to_string()
 }
 
-fn plan_buy(view: &MarketView, context: &BuyContext<'_>) -> Result<Plan<OrderResult>, MarketError> {
-    let request = context.request;
+fn plan_buy(view: &MarketView, context: &BuyContext) -> Result<Plan<OrderResult>, MarketError> {
+    let request = &context.request;
     if let Some((order, fills)) = &view.order {
         if order.request != context.request_json {
             return Err(MarketError::IdempotencyConflict(request.id));
@@ -1116,11 +1158,11 @@ fn plan_buy(view: &MarketView, context: &BuyContext<'_>) -> Result<Plan<OrderRes
 /// The order's chain, fills, listing changes and order row.
 fn settle(
     view: &MarketView,
-    context: &BuyContext<'_>,
+    context: &BuyContext,
     outcome: &MatchOutcome,
     treasury_available: u64,
 ) -> Result<Plan<OrderResult>, MarketError> {
-    let request = context.request;
+    let request = &context.request;
     let listings: HashMap<Uuid, &ListingRecord> = view
         .book
         .iter()
