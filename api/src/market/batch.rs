@@ -150,7 +150,14 @@ async fn run_batch(ledger: &Ledger, stats: &Counters, batch: Vec<Waiter>) {
         }
     }
     if together.len() > 1 {
-        match together_once(ledger, &together).await {
+        let started = std::time::Instant::now();
+        let outcome = together_once(ledger, &together).await;
+        tracing::debug!(
+            orders = together.len(),
+            micros = started.elapsed().as_micros(),
+            "a batch of buy orders ran"
+        );
+        match outcome {
             Ok(Some(answers)) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.batched.fetch_add(
