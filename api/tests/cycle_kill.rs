@@ -58,11 +58,8 @@ use credex_ledger::{
     Movement, OrgId, Owner, Timestamp, Transfer, TransferCode, TransferId,
 };
 use credex_matching::Limit;
-use credex_store::{
-    Allotment, AuditAction, AuditEntry, Backend, ClassRecord, Ledger, OrgName, Plan,
-    VerificationLevel,
-};
-use credex_tests::{on_both_backends, TestDb};
+use credex_store::{Allotment, Backend, ClassRecord, Ledger, OrgName, Plan, VerificationLevel};
+use credex_tests::{audit, on_both_backends, TestDb};
 use futures::StreamExt;
 use sqlx::{Connection, Row};
 use uuid::Uuid;
@@ -76,16 +73,6 @@ const PASSWORD: &str = "a long and careful password";
 const JWT_SECRET: &str = "a signing key of at least thirty-two bytes, for tests";
 /// How long one `credex serve` may take to do what the test waits for.
 const PATIENCE: Duration = Duration::from_secs(120);
-
-fn audit(action: &str) -> AuditEntry {
-    AuditEntry::new(
-        Timestamp::EPOCH,
-        AuditAction::parse(action).expect("an action"),
-        "test",
-        serde_json::json!({}),
-    )
-    .expect("an entry")
-}
 
 /// The month before `cycle`.
 fn previous(cycle: CycleId) -> CycleId {

@@ -54,18 +54,15 @@ use credex_api::config::{Config, Secret};
 use credex_api::cycles::{open_cycle, CycleId};
 use credex_api::market::{ListRequest, MarketSettings};
 use credex_api::startup::assemble;
-use credex_ledger::{
-    AccountKind, Action, Amount, AssetCode, Clock, Metadata, Movement, OrgId, Owner, Timestamp,
-    Transfer, TransferCode, TransferId,
-};
+use credex_ledger::{AccountKind, AssetCode, Clock, OrgId, Owner, Timestamp};
 use credex_pricing::decay::{price_at, purchase_cost_micro_cr};
 use credex_pricing::DecayWindow;
 use credex_store::{
-    Allotment, ApiKeyName, ApiKeyPrefix, AuditAction, AuditEntry, ClassRecord, Email, FillRecord,
-    Ledger, ListingRecord, ListingState, NewApiKey, OrgName, Plan, Scope, Scopes, Store,
-    SystemClock, TokenHash, VerificationLevel,
+    Allotment, ApiKeyName, ApiKeyPrefix, ClassRecord, Email, FillRecord, ListingRecord,
+    ListingState, NewApiKey, OrgName, Plan, Scope, Scopes, Store, SystemClock, TokenHash,
+    VerificationLevel,
 };
-use credex_tests::TestDb;
+use credex_tests::{audit, top_up, TestDb};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -101,48 +98,6 @@ fn listing_terms(i: usize) -> (u64, u64) {
     let level = u64::try_from((i * 3) % 7).expect("small");
     let size = u64::try_from(i % 4).expect("small");
     (1_000_000 + level * 100_000, 10_000 + size * 5_000)
-}
-
-fn audit(action: &str) -> AuditEntry {
-    AuditEntry::new(
-        Timestamp::EPOCH,
-        AuditAction::parse(action).expect("an action"),
-        "test",
-        serde_json::json!({}),
-    )
-    .expect("an entry")
-}
-
-async fn top_up(ledger: &Ledger, org: OrgId, amount: u64) {
-    let credit = AssetCode::credit();
-    let issuance = ledger
-        .ensure_account(&credit, Owner::Provider, AccountKind::Issuance)
-        .await
-        .expect("issuance");
-    let wallet = ledger
-        .ensure_account(&credit, Owner::Org(org), AccountKind::Wallet)
-        .await
-        .expect("wallet");
-    let movement = Movement::new(
-        issuance.account.id(),
-        wallet.account.id(),
-        credit,
-        Amount::new(amount).expect("an amount"),
-        TransferCode::TopUp,
-    )
-    .expect("a movement");
-    let transfer = Transfer::new(
-        TransferId::generate(),
-        Action::Move(movement),
-        Metadata::new("top-up").expect("metadata"),
-        false,
-    )
-    .expect("a transfer");
-    let results = ledger
-        .create_transfers(vec![transfer])
-        .await
-        .expect("commit");
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
 }
 
 /// What the test made.

@@ -8,6 +8,7 @@
 //! command sets it when its probe finds no server).
 
 pub mod books;
+pub mod fixtures;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use credex_store::{Backend, Ledger, Store};
 use sqlx::Connection;
 
 pub use books::Books;
+pub use fixtures::{audit, top_up};
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
