@@ -148,15 +148,56 @@ pub struct ResolvedModelPrice {
     pub price: Price,
 }
 
-/// The price of a call to the model named `model_name` at `at`: the org's custom price when one
-/// of its entries is in force, else the catalog's. Unknown model: 404; no price in force at
-/// `at`: 422.
-pub async fn resolve_price(
+/// A model with its price schedules: the catalog's and an org's custom one.
+#[derive(Debug, Clone)]
+pub struct ModelPrices {
+    pub model: ModelRecord,
+    pub class: ModelClass,
+    catalog: Option<PriceSchedule>,
+    custom: Option<PriceSchedule>,
+}
+
+impl ModelPrices {
+    /// The price of a call at `at`: the org's custom price when one of its entries is in force,
+    /// else the catalog's. No price in force at `at`: 422.
+    pub fn at(&self, at: Timestamp) -> Result<ResolvedModelPrice, ApiError> {
+        let resolved = match &self.catalog {
+            Some(catalog) => resolve(catalog, self.custom.as_ref(), at),
+            // No catalog price at all: only a custom one can apply.
+            None => self
+                .custom
+                .as_ref()
+                .and_then(|custom| resolve(custom, None, at))
+                .map(|found| credex_pricing::ResolvedPrice {
+                    source: PriceSource::Org,
+                    ..found
+                }),
+        };
+        let Some(resolved) = resolved else {
+            let detail = format!(
+                "`{}` has no price in force at {}",
+                self.model.id,
+                crate::views::rfc3339(at)
+            );
+            return Err(ApiError::new(ProblemKind::Unprocessable, detail));
+        };
+        Ok(ResolvedModelPrice {
+            model: self.model.clone(),
+            class: self.class.clone(),
+            source: resolved.source,
+            effective_from: resolved.effective_from,
+            price: resolved.price.clone(),
+        })
+    }
+}
+
+/// The model named `model_name` (an id or an alias) with its schedules for `org`, read in one
+/// statement. Unknown model: 404.
+pub async fn model_prices(
     store: &dyn Store,
     org: Option<OrgId>,
     model_name: &str,
-    at: Timestamp,
-) -> Result<ResolvedModelPrice, ApiError> {
+) -> Result<ModelPrices, ApiError> {
     let unknown = || {
         ApiError::new(
             ProblemKind::NotFound,
@@ -175,37 +216,23 @@ pub async fn resolve_price(
     let class = model_class(&model)?;
     let catalog = parse_schedule(&model.id, &found.catalog)?;
     let custom = parse_schedule(&model.id, &found.org)?;
-    let resolved = match &catalog {
-        Some(catalog) => resolve(catalog, custom.as_ref(), at),
-        // No catalog price at all: only a custom one can apply.
-        None => custom
-            .as_ref()
-            .and_then(|custom| resolve(custom, None, at))
-            .map(|found| credex_pricing::ResolvedPrice {
-                source: PriceSource::Org,
-                ..found
-            }),
-    };
-    let Some(resolved) = resolved else {
-        let detail = format!(
-            "`{}` has no price in force at {}",
-            model.id,
-            crate::views::rfc3339(at)
-        );
-        return Err(ApiError::new(ProblemKind::Unprocessable, detail));
-    };
-    let (source, effective_from, price) = (
-        resolved.source,
-        resolved.effective_from,
-        resolved.price.clone(),
-    );
-    Ok(ResolvedModelPrice {
+    Ok(ModelPrices {
         model,
         class,
-        source,
-        effective_from,
-        price,
+        catalog,
+        custom,
     })
+}
+
+/// The price of a call to the model named `model_name` at `at` ([`ModelPrices::at`]). Unknown
+/// model: 404; no price in force at `at`: 422.
+pub async fn resolve_price(
+    store: &dyn Store,
+    org: Option<OrgId>,
+    model_name: &str,
+    at: Timestamp,
+) -> Result<ResolvedModelPrice, ApiError> {
+    model_prices(store, org, model_name).await?.at(at)
 }
 
 #[cfg(test)]

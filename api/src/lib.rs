@@ -23,6 +23,7 @@ pub mod review;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod usage;
 pub mod views;
 
 pub use config::Config;

@@ -26,6 +26,7 @@ pub mod pricing;
 pub mod review;
 mod sql;
 mod sqlite;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +67,10 @@ pub use review::{
     PairTrades, ReviewStore, SellerFigures,
 };
 pub use sqlite::SqliteStore;
+pub use usage::{
+    UsageDecision, UsageReads, UsageRecord, UsageStep, UsageStore, UsageTxOutcome, UsageView,
+    UsageWrite, USAGE_BATCH_MAX, USAGE_PAGE_MAX,
+};
 
 /// How many stripes a hot (provider) account's balance is split into.
 pub const HOT_ACCOUNT_STRIPES: i16 = 16;
@@ -233,6 +238,7 @@ pub trait Store:
     + CycleStore
     + MarketStore
     + ReviewStore
+    + UsageStore
     + Send
     + Sync
     + fmt::Debug

@@ -63,12 +63,14 @@ crate::pricing::shared_pricing!(PostgresStore, sqlx::Postgres, dialect);
 crate::cycles::shared_cycles!(PostgresStore, sqlx::Postgres, dialect);
 crate::market::shared_market!(PostgresStore, sqlx::Postgres, dialect);
 crate::review::shared_review!(PostgresStore, sqlx::Postgres, dialect);
+crate::usage::shared_usage!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;
 
     /// Whether large batches write their journal rows before taking balance locks.
     pub const SPECULATE: bool = true;
+    pub const FOR_NO_KEY_UPDATE: &str = " FOR NO KEY UPDATE";
     pub const FOR_UPDATE: &str = " FOR UPDATE";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
 

@@ -61,6 +61,7 @@ crate::pricing::shared_pricing!(SqliteStore, sqlx::Sqlite, dialect);
 crate::cycles::shared_cycles!(SqliteStore, sqlx::Sqlite, dialect);
 crate::market::shared_market!(SqliteStore, sqlx::Sqlite, dialect);
 crate::review::shared_review!(SqliteStore, sqlx::Sqlite, dialect);
+crate::usage::shared_usage!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()
@@ -87,6 +88,7 @@ mod dialect {
 
     /// Whether large batches write their journal rows before taking balance locks.
     pub const SPECULATE: bool = false;
+    pub const FOR_NO_KEY_UPDATE: &str = "";
     pub const FOR_UPDATE: &str = "";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = "";
 

@@ -182,12 +182,12 @@ fn class_and_cycle(asset: &AssetCode) -> Result<(String, CycleId), MarketError> 
 
 /// Account ids by (asset, owner, kind), made on first use.
 #[derive(Debug, Default)]
-struct AccountBook {
+pub(crate) struct AccountBook {
     ids: Mutex<HashMap<(AssetCode, Owner, AccountKind), AccountId>>,
 }
 
 impl AccountBook {
-    async fn get(
+    pub(crate) async fn get(
         &self,
         ledger: &Ledger,
         asset: &AssetCode,

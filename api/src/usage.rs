@@ -1,0 +1,575 @@
+//! Usage recording: every model call an org reports is priced with the price in force when it
+//! happened (the org's custom price first) and charged once, in the spec's order — tokens from
+//! `acquired`, then from `alloc` of the model's class for the event's cycle, then µCR from the
+//! wallet for the tokens no balance covered, at the model's price — as one linked ledger chain
+//! per event (`acquired → spent`, `alloc → spent`, `wallet → spent`, code `spend`).
+//!
+//! A batch (up to [`USAGE_BATCH_MAX`] events) is all or nothing: it is decided under the org's
+//! lock ([`credex_store::UsageStore::usage_tx`]), event after event against the balances the
+//! events before it left, and when one event cannot be paid nothing is written and the error
+//! names it ([`UsageError::InsufficientFunds`], HTTP 402). An event is identified by the org's
+//! own id for it: recorded once, a replay answers the recorded charge; the same id with other
+//! values is refused.
+//!
+//! The wallet's share is the call's cost in proportion to the tokens no balance covered,
+//! rounded up to a whole µCR: `ceil(cost × uncovered / tokens)`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use credex_ledger::{
+    AccountId, AccountKind, AssetCode, Movement, OrgId, Owner, Timestamp, Transfer, TransferCode,
+    TransferError, TransferId,
+};
+use credex_pricing::{CostError, CrFaceValue, TokenUsage};
+use credex_store::{
+    Ledger, Store, StoreError, UsageReads, UsageRecord, UsageStep, UsageTxOutcome, UsageView,
+    UsageWrite, USAGE_BATCH_MAX,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::catalog::{self, ModelPrices};
+use crate::cycles::{derived_id, CycleId};
+use crate::market::AccountBook;
+use crate::problem::ApiError;
+
+/// The longest task or conversation label.
+pub const LABEL_MAX: usize = 200;
+/// The largest metadata object, as JSON text.
+pub const METADATA_MAX: usize = 4_096;
+/// How many times a batch is decided again when a balance fell under it (another writer spent
+/// it between the read and the ledger's decision).
+const REFUSED_RETRIES: u32 = 3;
+
+/// One model call, as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// The org's own id for the event: the same id is recorded once.
+    pub id: Uuid,
+    /// A model id or alias.
+    pub model: String,
+    pub tokens: TokenUsage,
+    /// When the call happened: it is priced at this instant, and charged to this cycle.
+    pub at: Timestamp,
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+    pub task: Option<String>,
+    pub conversation: Option<String>,
+    /// A JSON object, at most [`METADATA_MAX`] bytes.
+    pub metadata: Option<String>,
+}
+
+impl UsageEvent {
+    /// SHA-256 of the event: what a replay must match.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            hash.update(u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
+            hash.update(bytes);
+        };
+        part(self.id.as_bytes());
+        part(self.model.as_bytes());
+        for count in [
+            self.tokens.input(),
+            self.tokens.cached_input(),
+            self.tokens.cache_write(),
+            self.tokens.output(),
+        ] {
+            part(&count.to_be_bytes());
+        }
+        part(&self.at.as_micros().to_be_bytes());
+        let optional = |value: Option<&[u8]>| value.map(<[u8]>::to_vec).unwrap_or_default();
+        part(&optional(
+            self.user.as_ref().map(|id| id.as_bytes().as_slice()),
+        ));
+        part(&optional(
+            self.api_key.as_ref().map(|id| id.as_bytes().as_slice()),
+        ));
+        part(&optional(self.task.as_deref().map(str::as_bytes)));
+        part(&optional(self.conversation.as_deref().map(str::as_bytes)));
+        part(&optional(self.metadata.as_deref().map(str::as_bytes)));
+        hash.finalize().into()
+    }
+
+    fn total_tokens(&self) -> u64 {
+        self.tokens
+            .prompt_tokens()
+            .saturating_add(self.tokens.output())
+    }
+}
+
+/// An event as recorded; `replayed` when it had been recorded before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedUsage {
+    pub record: UsageRecord,
+    pub replayed: bool,
+}
+
+/// Why a batch was not recorded. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("a batch carries 1 to {max} events, this one {got}")]
+    BatchSize { max: usize, got: usize },
+    #[error("event {index}: an event id must not be the nil or max UUID")]
+    InvalidId { index: usize },
+    #[error("event {index}: id {id} appears earlier in the batch")]
+    Duplicate { index: usize, id: Uuid },
+    #[error("event {index}: {what}")]
+    Invalid { index: usize, what: String },
+    #[error("event {index}: {error}")]
+    Price { index: usize, error: ApiError },
+    #[error("event {index}: the call costs more than one charge can carry")]
+    TooCostly { index: usize },
+    #[error("event {index}: id {id} was recorded before with other values")]
+    Conflict { index: usize, id: Uuid },
+    #[error(
+        "event {index} ({id}) cannot be paid: it needs {needed_micro_cr} µCR from the wallet \
+         after the token balances, and {available_micro_cr} µCR are available"
+    )]
+    InsufficientFunds {
+        index: usize,
+        id: Uuid,
+        needed_micro_cr: u64,
+        available_micro_cr: u64,
+    },
+    #[error("no such org")]
+    NoOrg,
+    #[error("the ledger refused a charge: {0:?}")]
+    Ledger(TransferError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn corrupt(what: impl std::fmt::Display) -> UsageError {
+    UsageError::Store(StoreError::Corrupt(what.to_string()))
+}
+
+/// The accounts one event may draw on.
+#[derive(Debug, Clone, Copy)]
+struct EventAccounts {
+    /// The org's `acquired` and `alloc` of the event's token asset, when they exist.
+    acquired: Option<AccountId>,
+    alloc: Option<AccountId>,
+    /// The provider's `spent` of the token asset (only with a token account).
+    token_spent: Option<AccountId>,
+    wallet: Option<AccountId>,
+    credit_spent: AccountId,
+}
+
+/// One event, priced, with its accounts.
+#[derive(Debug, Clone)]
+struct Priced {
+    event: UsageEvent,
+    fingerprint: [u8; 32],
+    model: String,
+    class: String,
+    asset: AssetCode,
+    cost_micro_cr: u64,
+    source: &'static str,
+    accounts: EventAccounts,
+}
+
+/// The usage service.
+#[derive(Debug)]
+pub struct Usage {
+    ledger: Arc<Ledger>,
+    face: CrFaceValue,
+    accounts: AccountBook,
+}
+
+impl Usage {
+    pub fn new(ledger: Arc<Ledger>, face: CrFaceValue) -> Self {
+        Self {
+            ledger,
+            face,
+            accounts: AccountBook::default(),
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.ledger.store().as_ref()
+    }
+
+    /// Records a batch of events for `org`: all of them, charged, or none (see the module).
+    pub async fn record(
+        &self,
+        org: OrgId,
+        events: Vec<UsageEvent>,
+    ) -> Result<Vec<RecordedUsage>, UsageError> {
+        check_batch(&events)?;
+        let priced = self.price(org, events).await?;
+        let mut reads = UsageReads {
+            events: priced.iter().map(|p| p.event.id).collect(),
+            balances: Vec::new(),
+        };
+        for p in &priced {
+            let a = p.accounts;
+            reads
+                .balances
+                .extend([a.acquired, a.alloc, a.wallet].into_iter().flatten());
+        }
+        reads.balances.sort_unstable();
+        reads.balances.dedup();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut decided: Option<Result<Vec<RecordedUsage>, UsageError>> = None;
+            let outcome = {
+                let mut decide = |view: &UsageView| match plan(org, view, &priced) {
+                    Ok((write, recorded)) => {
+                        decided = Some(Ok(recorded));
+                        if write.records.is_empty() {
+                            UsageStep::Stop
+                        } else {
+                            UsageStep::Write(Box::new(write))
+                        }
+                    }
+                    Err(error) => {
+                        decided = Some(Err(error));
+                        UsageStep::Stop
+                    }
+                };
+                self.store().usage_tx(org, &reads, &mut decide).await?
+            };
+            match outcome {
+                UsageTxOutcome::NoOrg => return Err(UsageError::NoOrg),
+                UsageTxOutcome::Stopped | UsageTxOutcome::Committed => {
+                    return decided.unwrap_or_else(|| Err(corrupt("a usage batch ended undecided")))
+                }
+                UsageTxOutcome::Refused { results } => {
+                    if tries > REFUSED_RETRIES {
+                        let error = results
+                            .iter()
+                            .flatten()
+                            .find_map(|result| match result {
+                                Err(error)
+                                    if !error.is_exists()
+                                        && *error != TransferError::LinkedEventFailed =>
+                                {
+                                    Some(*error)
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or(TransferError::LinkedEventFailed);
+                        return Err(UsageError::Ledger(error));
+                    }
+                    tracing::debug!(tries, "a balance fell under a usage batch; deciding again");
+                }
+            }
+        }
+    }
+
+    /// Prices every event at its instant (each model's schedules read once per batch) and
+    /// finds the accounts it may draw on.
+    async fn price(&self, org: OrgId, events: Vec<UsageEvent>) -> Result<Vec<Priced>, UsageError> {
+        let mut models: HashMap<String, ModelPrices> = HashMap::new();
+        let mut token_accounts: HashMap<AssetCode, EventAccounts> = HashMap::new();
+        let credit = AssetCode::credit();
+        let wallet = self
+            .store()
+            .find_account(&credit, Owner::Org(org), AccountKind::Wallet)
+            .await?
+            .map(|view| view.account.id());
+        let credit_spent = self
+            .accounts
+            .get(&self.ledger, &credit, Owner::Provider, AccountKind::Spent)
+            .await?;
+        let mut priced = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            let prices = match models.get(&event.model) {
+                Some(prices) => prices,
+                None => {
+                    let prices = catalog::model_prices(self.store(), Some(org), &event.model)
+                        .await
+                        .map_err(|error| UsageError::Price { index, error })?;
+                    models.entry(event.model.clone()).or_insert(prices)
+                }
+            };
+            let resolved = prices
+                .at(event.at)
+                .map_err(|error| UsageError::Price { index, error })?;
+            let cost_micro_cr = credex_pricing::charge(&resolved.price, &event.tokens, self.face)
+                .map_err(|error| match error {
+                    CostError::ChargeTooLarge => UsageError::TooCostly { index },
+                    other => corrupt(other),
+                })?
+                .micro_cr;
+            let class = resolved.class.to_string();
+            let asset = CycleId::of(event.at).asset(&class).map_err(corrupt)?;
+            let accounts = match token_accounts.get(&asset) {
+                Some(accounts) => *accounts,
+                None => {
+                    let accounts = self
+                        .event_accounts(org, &asset, wallet, credit_spent)
+                        .await?;
+                    token_accounts.insert(asset.clone(), accounts);
+                    accounts
+                }
+            };
+            priced.push(Priced {
+                fingerprint: event.fingerprint(),
+                model: resolved.model.id.clone(),
+                class,
+                asset,
+                cost_micro_cr,
+                source: crate::routes::models::price_source_name(resolved.source),
+                accounts,
+                event,
+            });
+        }
+        Ok(priced)
+    }
+
+    async fn event_accounts(
+        &self,
+        org: OrgId,
+        asset: &AssetCode,
+        wallet: Option<AccountId>,
+        credit_spent: AccountId,
+    ) -> Result<EventAccounts, UsageError> {
+        let find = |kind| async move {
+            self.store()
+                .find_account(asset, Owner::Org(org), kind)
+                .await
+                .map(|found| found.map(|view| view.account.id()))
+        };
+        let acquired = find(AccountKind::Acquired).await?;
+        let alloc = find(AccountKind::Alloc).await?;
+        let token_spent = if acquired.is_some() || alloc.is_some() {
+            Some(
+                self.accounts
+                    .get(&self.ledger, asset, Owner::Provider, AccountKind::Spent)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(EventAccounts {
+            acquired,
+            alloc,
+            token_spent,
+            wallet,
+            credit_spent,
+        })
+    }
+}
+
+fn check_batch(events: &[UsageEvent]) -> Result<(), UsageError> {
+    if events.is_empty() || events.len() > USAGE_BATCH_MAX {
+        return Err(UsageError::BatchSize {
+            max: USAGE_BATCH_MAX,
+            got: events.len(),
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        if event.id.is_nil() || event.id.is_max() {
+            return Err(UsageError::InvalidId { index });
+        }
+        if !seen.insert(event.id) {
+            return Err(UsageError::Duplicate {
+                index,
+                id: event.id,
+            });
+        }
+        let label_too_long = [&event.task, &event.conversation]
+            .into_iter()
+            .flatten()
+            .any(|label| label.is_empty() || label.chars().count() > LABEL_MAX);
+        if label_too_long {
+            return Err(UsageError::Invalid {
+                index,
+                what: format!("a task or conversation is 1 to {LABEL_MAX} characters"),
+            });
+        }
+        if event
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.len() > METADATA_MAX)
+        {
+            return Err(UsageError::Invalid {
+                index,
+                what: format!("metadata is at most {METADATA_MAX} bytes of JSON"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The wallet's share of a call: its cost in proportion to the tokens no balance covered,
+/// rounded up.
+pub fn wallet_share(cost_micro_cr: u64, tokens: u64, uncovered: u64) -> u64 {
+    if uncovered == 0 {
+        return 0;
+    }
+    if tokens == 0 || uncovered >= tokens {
+        return cost_micro_cr;
+    }
+    let numerator = u128::from(cost_micro_cr) * u128::from(uncovered);
+    let share = numerator.div_ceil(u128::from(tokens));
+    u64::try_from(share).unwrap_or(cost_micro_cr)
+}
+
+/// Decides a batch against the balances read under the org's lock.
+fn plan(
+    org: OrgId,
+    view: &UsageView,
+    priced: &[Priced],
+) -> Result<(UsageWrite, Vec<RecordedUsage>), UsageError> {
+    let mut available: HashMap<AccountId, u64> = view
+        .balances
+        .iter()
+        .map(|(id, balance)| (*id, u64::try_from(balance.available()).unwrap_or(0)))
+        .collect();
+    let mut write = UsageWrite::default();
+    let mut answers = Vec::with_capacity(priced.len());
+    for (index, p) in priced.iter().enumerate() {
+        let id = p.event.id;
+        if let Some(record) = view.recorded.get(&id) {
+            if record.fingerprint != p.fingerprint {
+                return Err(UsageError::Conflict { index, id });
+            }
+            answers.push(RecordedUsage {
+                record: record.clone(),
+                replayed: true,
+            });
+            continue;
+        }
+        let mut take = |account: Option<AccountId>, wanted: u64| -> u64 {
+            let Some(balance) = account.and_then(|id| available.get_mut(&id)) else {
+                return 0;
+            };
+            let taken = wanted.min(*balance);
+            *balance -= taken;
+            taken
+        };
+        let tokens = p.event.total_tokens();
+        let from_acquired = take(p.accounts.acquired, tokens);
+        let from_alloc = take(p.accounts.alloc, tokens - from_acquired);
+        let uncovered = tokens - from_acquired - from_alloc;
+        let needed = wallet_share(p.cost_micro_cr, tokens, uncovered);
+        let from_wallet = take(p.accounts.wallet, needed);
+        if from_wallet < needed {
+            return Err(UsageError::InsufficientFunds {
+                index,
+                id,
+                needed_micro_cr: needed,
+                available_micro_cr: from_wallet,
+            });
+        }
+        let chain = chain(org, p, from_acquired, from_alloc, from_wallet)?;
+        let record = UsageRecord {
+            org,
+            id,
+            model: p.model.clone(),
+            class: p.class.clone(),
+            asset: p.asset.to_string(),
+            input_tokens: p.event.tokens.input(),
+            cached_input_tokens: p.event.tokens.cached_input(),
+            cache_write_tokens: p.event.tokens.cache_write(),
+            output_tokens: p.event.tokens.output(),
+            cost_micro_cr: p.cost_micro_cr,
+            from_acquired,
+            from_alloc,
+            from_wallet_micro_cr: from_wallet,
+            price_source: p.source.to_owned(),
+            occurred_at: p.event.at,
+            recorded_at: view.now,
+            user: p.event.user,
+            api_key: p.event.api_key,
+            task: p.event.task.clone(),
+            conversation: p.event.conversation.clone(),
+            metadata: p.event.metadata.clone(),
+            fingerprint: p.fingerprint,
+            transfer_ids: chain.iter().map(Transfer::id).collect(),
+        };
+        write.chains.push(chain);
+        write.records.push(record.clone());
+        answers.push(RecordedUsage {
+            record,
+            replayed: false,
+        });
+    }
+    Ok((write, answers))
+}
+
+/// The event's linked chain: each non-zero leg, `spend`, ids derived from the org and event.
+fn chain(
+    org: OrgId,
+    p: &Priced,
+    from_acquired: u64,
+    from_alloc: u64,
+    from_wallet: u64,
+) -> Result<Vec<Transfer>, UsageError> {
+    let org_text = org.to_string();
+    let event_text = p.event.id.to_string();
+    let id = |leg: &str| -> TransferId { derived_id(&["usage", &org_text, &event_text, leg]) };
+    let credit = AssetCode::credit();
+    let legs = [
+        (
+            "acquired",
+            p.accounts.acquired,
+            p.accounts.token_spent,
+            &p.asset,
+            from_acquired,
+        ),
+        (
+            "alloc",
+            p.accounts.alloc,
+            p.accounts.token_spent,
+            &p.asset,
+            from_alloc,
+        ),
+        (
+            "wallet",
+            p.accounts.wallet,
+            Some(p.accounts.credit_spent),
+            &credit,
+            from_wallet,
+        ),
+    ];
+    let metadata = credex_ledger::Metadata::new(format!(r#"{{"usage_event_id":"{event_text}"}}"#))
+        .map_err(corrupt)?;
+    let mut chain = Vec::new();
+    for (leg, debit, credit_account, asset, amount) in legs {
+        if amount == 0 {
+            continue;
+        }
+        let (Some(debit), Some(credit_account)) = (debit, credit_account) else {
+            return Err(corrupt("a charge from an account that does not exist"));
+        };
+        let amount = credex_ledger::Amount::new(amount).map_err(corrupt)?;
+        let movement = Movement::new(
+            debit,
+            credit_account,
+            asset.clone(),
+            amount,
+            TransferCode::Spend,
+        )
+        .map_err(corrupt)?;
+        chain.push(Transfer::movement(id(leg), movement).with_metadata(metadata.clone()));
+    }
+    // Linked: every leg but the last carries the flag, so the chain commits or fails whole.
+    let last = chain.len().saturating_sub(1);
+    Ok(chain
+        .into_iter()
+        .enumerate()
+        .map(|(i, transfer)| transfer.with_linked(i < last))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wallet_pays_the_uncovered_share_rounded_up() {
+        assert_eq!(wallet_share(1_000, 100, 0), 0);
+        assert_eq!(wallet_share(1_000, 100, 100), 1_000);
+        assert_eq!(wallet_share(1_000, 100, 30), 300);
+        assert_eq!(wallet_share(1_000, 3, 1), 334);
+        assert_eq!(wallet_share(7, 0, 0), 0);
+        assert_eq!(wallet_share(u64::MAX, u64::MAX, u64::MAX - 1), u64::MAX - 1);
+    }
+}

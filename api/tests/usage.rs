@@ -1,0 +1,365 @@
+//! Usage recording on both backends: an event is priced at its instant and charged from
+//! `acquired`, then `alloc` of its class and cycle, then the wallet; a batch that cannot be
+//! paid is refused whole, changing nothing; an event id is charged once (a replay answers the
+//! charge, other values under it are refused); two processes charging one org concurrently
+//! never take more than its balances hold.
+
+use std::sync::Arc;
+
+use credex_api::catalog::seed_builtin;
+use credex_api::cycles::{open_cycle, CycleId};
+use credex_api::market::{BuyRequest, FraudPolicy, Market};
+use credex_api::usage::{RecordedUsage, Usage, UsageError, UsageEvent};
+use credex_ledger::{AccountKind, AssetCode, ManualClock, OrgId, Owner, Timestamp};
+use credex_matching::Limit;
+use credex_pricing::{CrFaceValue, TokenUsage};
+use credex_store::{Allotment, ClassRecord, Ledger, OrgName, Plan, Store, VerificationLevel};
+use credex_tests::{audit, on_both_backends, top_up, TestDb};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+/// A `pro` model: $2 per 1M input tokens, $10 per 1M output, from 2026-11-01.
+const MODEL: &str = "gpt-6-sol";
+/// Tokens of `pro` a teams org gets per cycle.
+const ALLOT: u64 = 2_000_000;
+/// Every org's credits: 10 CR.
+const CREDITS: u64 = 10_000_000;
+const DAY: i64 = 86_400_000_000;
+
+struct World {
+    ledger: Arc<Ledger>,
+    clock: Arc<ManualClock>,
+    usage: Usage,
+    asset: AssetCode,
+    orgs: Vec<OrgId>,
+}
+
+fn face() -> CrFaceValue {
+    CrFaceValue::new(Decimal::ONE).expect("a face value")
+}
+
+/// Class `pro` (teams: 2M tokens per cycle), the built-in catalog, teams orgs with 10 CR each,
+/// the November cycle opened, and the clock on 25 November (inside its market's window).
+async fn world(db: &TestDb, orgs: usize) -> World {
+    let cycle = CycleId::parse("2026-11").expect("a cycle");
+    let start = cycle.starts_at();
+    let clock = Arc::new(ManualClock::new(start));
+    let ledger = Arc::new(db.ledger(clock.clone()).await);
+    let store = ledger.store().clone();
+    seed_builtin(store.as_ref()).await.expect("the catalog");
+    let class = ClassRecord {
+        class: "pro".to_owned(),
+        face_value_per_1m_micro_cr: 4_000_000,
+        description: "pro models".to_owned(),
+        created_at: start,
+        updated_at: start,
+    };
+    store
+        .put_class(&class, &audit("classes.put"))
+        .await
+        .expect("a class");
+    let allotment = Allotment {
+        plan: Plan::Teams,
+        tokens_per_cycle: ALLOT,
+    };
+    store
+        .put_allotment("pro", allotment, start, &audit("allotments.put"))
+        .await
+        .expect("an allotment");
+    let mut ids = Vec::new();
+    for i in 0..orgs {
+        let name = OrgName::parse(&format!("Org {i}")).expect("a name");
+        let org = store
+            .create_org(&name, Plan::Teams, start.plus_micros(-30 * DAY))
+            .await
+            .expect("an org")
+            .id;
+        let level = VerificationLevel::new(1).expect("a level");
+        store.set_verification(org, level).await.expect("verify");
+        ids.push(org);
+    }
+    open_cycle(&ledger, cycle, start).await.expect("open");
+    for org in &ids {
+        top_up(&ledger, *org, CREDITS).await;
+    }
+    clock.set(start.plus_micros(24 * DAY));
+    World {
+        usage: Usage::new(ledger.clone(), face()),
+        ledger,
+        clock,
+        asset: cycle.asset("pro").expect("an asset"),
+        orgs: ids,
+    }
+}
+
+impl World {
+    fn store(&self) -> &Arc<dyn Store> {
+        self.ledger.store()
+    }
+
+    async fn net(&self, asset: &AssetCode, owner: Owner, kind: AccountKind) -> i128 {
+        self.store()
+            .find_account(asset, owner, kind)
+            .await
+            .expect("find")
+            .map_or(0, |view| view.balance.net_posted())
+    }
+
+    /// (acquired, alloc, wallet) of an org.
+    async fn balances(&self, org: OrgId) -> (i128, i128, i128) {
+        (
+            self.net(&self.asset, Owner::Org(org), AccountKind::Acquired)
+                .await,
+            self.net(&self.asset, Owner::Org(org), AccountKind::Alloc)
+                .await,
+            self.net(&AssetCode::credit(), Owner::Org(org), AccountKind::Wallet)
+                .await,
+        )
+    }
+
+    fn now(&self) -> Timestamp {
+        credex_ledger::Clock::now(self.clock.as_ref())
+    }
+
+    async fn record(
+        &self,
+        org: OrgId,
+        events: Vec<UsageEvent>,
+    ) -> Result<Vec<RecordedUsage>, UsageError> {
+        self.usage.record(org, events).await
+    }
+
+    async fn recorded(&self, org: OrgId) -> usize {
+        self.store()
+            .usage_events(
+                org,
+                Timestamp::EPOCH,
+                Timestamp::from_micros(i64::MAX),
+                None,
+                1_000,
+            )
+            .await
+            .expect("events")
+            .len()
+    }
+}
+
+fn event(input: u64, output: u64, at: Timestamp) -> UsageEvent {
+    UsageEvent {
+        id: Uuid::new_v4(),
+        model: MODEL.to_owned(),
+        tokens: TokenUsage::new(input, 0, 0, output).expect("tokens"),
+        at,
+        user: None,
+        api_key: None,
+        task: Some("summaries".to_owned()),
+        conversation: None,
+        metadata: Some(r#"{"team":"research"}"#.to_owned()),
+    }
+}
+
+async fn charged_acquired_then_alloc_then_wallet(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    // 300,000 tokens bought as emergency credits (from the provider, at the face value).
+    let market = Market::new(w.ledger.clone(), FraudPolicy::default());
+    let bought = market
+        .buy(&BuyRequest {
+            id: Uuid::new_v4(),
+            buyer: org,
+            asset: w.asset.clone(),
+            quantity: 300_000,
+            limit: Limit::PricePer1m(10_000_000),
+            allow_provider_fill: true,
+        })
+        .await
+        .expect("a buy");
+    assert_eq!(bought.summary.from_provider, 300_000);
+    let wallet = i128::from(CREDITS) - i128::from(bought.summary.buyer_paid_micro_cr);
+    assert_eq!(w.balances(org).await, (300_000, i128::from(ALLOT), wallet));
+    let now = w.now();
+
+    // 200,000 input tokens ($0.40): all from acquired.
+    let first = w
+        .record(org, vec![event(200_000, 0, now)])
+        .await
+        .expect("recorded");
+    let r = &first[0].record;
+    assert_eq!(
+        (
+            r.cost_micro_cr,
+            r.from_acquired,
+            r.from_alloc,
+            r.from_wallet_micro_cr
+        ),
+        (400_000, 200_000, 0, 0)
+    );
+    assert_eq!(
+        (r.class.as_str(), r.price_source.as_str()),
+        ("pro", "catalog")
+    );
+    assert_eq!(r.transfer_ids.len(), 1);
+    assert!(!first[0].replayed);
+
+    // 150,000 tokens: the 100,000 acquired left, then 50,000 from alloc.
+    let second = w
+        .record(org, vec![event(100_000, 50_000, now)])
+        .await
+        .expect("recorded");
+    let r = &second[0].record;
+    assert_eq!(
+        (r.from_acquired, r.from_alloc, r.from_wallet_micro_cr),
+        (100_000, 50_000, 0)
+    );
+    assert_eq!(r.transfer_ids.len(), 2);
+
+    // 2,000,000 input tokens — above 272,000 prompt tokens the model's long-context rate of
+    // $4 per 1M applies: $8 — with 1,950,000 left in alloc: the wallet pays for 50,000 of them,
+    // 8 CR × 50,000 / 2,000,000 = 0.2 CR.
+    let big = event(2_000_000, 0, now);
+    let third = w.record(org, vec![big.clone()]).await.expect("recorded");
+    let r = &third[0].record;
+    assert_eq!(
+        (
+            r.cost_micro_cr,
+            r.from_acquired,
+            r.from_alloc,
+            r.from_wallet_micro_cr
+        ),
+        (8_000_000, 0, 1_950_000, 200_000)
+    );
+    assert_eq!(w.balances(org).await, (0, 0, wallet - 200_000));
+    assert_eq!(
+        w.net(&w.asset, Owner::Provider, AccountKind::Spent).await,
+        i128::from(300_000 + ALLOT)
+    );
+
+    // A replay answers the recorded charge and moves nothing; other values under its id are
+    // refused.
+    let again = w.record(org, vec![big.clone()]).await.expect("a replay");
+    assert!(again[0].replayed);
+    assert_eq!(again[0].record, third[0].record);
+    let changed = UsageEvent {
+        tokens: TokenUsage::new(1, 0, 0, 0).expect("tokens"),
+        ..big.clone()
+    };
+    let refused = w.record(org, vec![changed]).await;
+    assert!(
+        matches!(refused, Err(UsageError::Conflict { index: 0, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(w.balances(org).await, (0, 0, wallet - 200_000));
+    assert_eq!(w.recorded(org).await, 3);
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
+async fn a_batch_that_cannot_be_paid_changes_nothing(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    let now = w.now();
+    let before = w.balances(org).await;
+    // The allotment, then 10 CR buy 1,000,000 output tokens ($10): the second event is short.
+    let fits = event(ALLOT, 0, now);
+    let too_much = event(0, 1_000_001, now);
+    let refused = w.record(org, vec![fits.clone(), too_much.clone()]).await;
+    match refused {
+        Err(UsageError::InsufficientFunds {
+            index,
+            id,
+            needed_micro_cr,
+            available_micro_cr,
+        }) => {
+            assert_eq!((index, id), (1, too_much.id));
+            assert_eq!((needed_micro_cr, available_micro_cr), (10_000_010, CREDITS));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.balances(org).await, before);
+    assert_eq!(w.recorded(org).await, 0);
+
+    // A model unknown, or no price in force at the event's instant (the model's first price is
+    // from 1 November): refused, naming the event.
+    let unknown = UsageEvent {
+        model: "no-such-model".to_owned(),
+        ..event(1, 0, now)
+    };
+    let refused = w.record(org, vec![fits.clone(), unknown]).await;
+    assert!(
+        matches!(refused, Err(UsageError::Price { index: 1, .. })),
+        "{refused:?}"
+    );
+    let october = event(1, 0, now.plus_micros(-40 * DAY));
+    let refused = w.record(org, vec![october]).await;
+    assert!(
+        matches!(refused, Err(UsageError::Price { index: 0, .. })),
+        "{refused:?}"
+    );
+    // Malformed batches.
+    let refused = w.record(org, vec![fits.clone(), fits.clone()]).await;
+    assert!(
+        matches!(refused, Err(UsageError::Duplicate { index: 1, .. })),
+        "{refused:?}"
+    );
+    let refused = w.record(org, Vec::new()).await;
+    assert!(
+        matches!(refused, Err(UsageError::BatchSize { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(w.balances(org).await, before);
+
+    // What fits is charged.
+    let recorded = w.record(org, vec![fits]).await.expect("recorded");
+    assert_eq!(recorded[0].record.from_alloc, ALLOT);
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
+/// Two processes charge one org 40 events of 1 CR each (100,000 output tokens at $10 per 1M)
+/// from a wallet of 10 CR, concurrently: exactly 10 are charged, the rest refused, the wallet
+/// ends at 0 and the books balance.
+async fn concurrent_charges_never_overdraw(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    let now = w.now();
+    // The allotment spent first, so that only the wallet pays.
+    w.record(org, vec![event(ALLOT, 0, now)])
+        .await
+        .expect("recorded");
+    let second = Arc::new(db.ledger(w.clock.clone()).await);
+    let services = [
+        Arc::new(Usage::new(w.ledger.clone(), face())),
+        Arc::new(Usage::new(second.clone(), face())),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let usage = services[i % 2].clone();
+        let one = event(0, 100_000, now);
+        tasks.push(tokio::spawn(
+            async move { usage.record(org, vec![one]).await },
+        ));
+    }
+    let (mut charged, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("a task") {
+            Ok(recorded) => {
+                assert_eq!(recorded[0].record.from_wallet_micro_cr, 1_000_000);
+                charged += 1;
+            }
+            Err(UsageError::InsufficientFunds { .. }) => refused += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((charged, refused), (10, 30));
+    assert_eq!(w.balances(org).await, (0, 0, 0));
+    assert_eq!(w.recorded(org).await, 11);
+    assert!(w.store().check().await.expect("check").is_ok());
+    second.close().await;
+    w.ledger.close().await;
+}
+
+on_both_backends!(
+    charged_acquired_then_alloc_then_wallet,
+    a_batch_that_cannot_be_paid_changes_nothing,
+    concurrent_charges_never_overdraw,
+);

@@ -1,0 +1,432 @@
+//! Usage in the database: every model call an org reports, priced and charged once.
+//!
+//! Like the market, this layer decides nothing: it gives the usage service one primitive,
+//! [`UsageStore::usage_tx`], that makes an org's charges atomic and safe with any number of
+//! processes on one database:
+//!
+//! 1. lock the org's row (`FOR NO KEY UPDATE` on PostgreSQL, so inserts elsewhere that check a
+//!    foreign key to the org never wait; SQLite's `BEGIN IMMEDIATE` already serializes
+//!    writers), so one org's charges are decided one batch at a time;
+//! 2. read under that lock the events already recorded among those asked (replays) and the
+//!    current balances of the accounts named;
+//! 3. hand that [`UsageView`] to the caller's pure decision, which answers with the linked
+//!    chains and rows to write, or stops;
+//! 4. run every chain through the ledger in the same transaction, and when each is accepted
+//!    (or answered `exists`) write the rows and commit; otherwise roll back and return the
+//!    ledger's answers.
+//!
+//! Lock order: org row → (the ledger's) pending transfers → assets → balance stripes. Other
+//! writers of the same balances (the market) do not hold the org's row: a balance may fall
+//! between the read and the ledger's decision, which then refuses the chain and nothing is
+//! written; the caller decides again.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use credex_ledger::{AccountId, Balance, OrgId, Timestamp, Transfer, TransferId, TransferResult};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// The most events one usage transaction records.
+pub const USAGE_BATCH_MAX: usize = 1_000;
+/// The most events one page of an org's usage returns.
+pub const USAGE_PAGE_MAX: u32 = 1_000;
+
+/// A usage event as recorded, with its charge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRecord {
+    pub org: OrgId,
+    /// The org's own id for the event.
+    pub id: Uuid,
+    pub model: String,
+    pub class: String,
+    /// The token asset of the model's class in the event's cycle.
+    pub asset: String,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    /// The whole call at the model's price.
+    pub cost_micro_cr: u64,
+    /// Tokens taken from `acquired`.
+    pub from_acquired: u64,
+    /// Tokens taken from `alloc`.
+    pub from_alloc: u64,
+    /// µCR taken from the wallet for the tokens no balance covered.
+    pub from_wallet_micro_cr: u64,
+    /// `catalog` or `org` (a custom price).
+    pub price_source: String,
+    pub occurred_at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+    pub task: Option<String>,
+    pub conversation: Option<String>,
+    /// A JSON object, as given.
+    pub metadata: Option<String>,
+    /// SHA-256 of the event as first asked.
+    pub fingerprint: [u8; 32],
+    pub transfer_ids: Vec<TransferId>,
+}
+
+/// What a usage transaction reads under the org's lock.
+#[derive(Debug, Clone, Default)]
+pub struct UsageReads {
+    /// Events that may have been recorded already.
+    pub events: Vec<Uuid>,
+    /// Accounts whose current balances (sums of stripes) the decision needs.
+    pub balances: Vec<AccountId>,
+}
+
+/// What a usage transaction read, handed to its decision.
+#[derive(Debug, Clone)]
+pub struct UsageView {
+    /// The transaction's instant: its transfers and rows are stamped with it.
+    pub now: Timestamp,
+    /// The events asked for that are recorded already, by id.
+    pub recorded: HashMap<Uuid, UsageRecord>,
+    /// Every account asked for (an account with no stripes yet has a zero balance).
+    pub balances: HashMap<AccountId, Balance>,
+}
+
+/// What a usage decision writes: one linked chain per charged event, and the events' rows.
+#[derive(Debug, Clone, Default)]
+pub struct UsageWrite {
+    pub chains: Vec<Vec<Transfer>>,
+    pub records: Vec<UsageRecord>,
+}
+
+/// A decision's answer.
+#[derive(Debug, Clone)]
+pub enum UsageStep {
+    Write(Box<UsageWrite>),
+    /// Write nothing: the decision refused, or every event was a replay.
+    Stop,
+}
+
+/// What a usage transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageTxOutcome {
+    /// No such org.
+    NoOrg,
+    /// The decision stopped; nothing was written.
+    Stopped,
+    /// Everything was written.
+    Committed,
+    /// The ledger refused a chain: nothing was written. Its answers, chain by chain.
+    Refused { results: Vec<Vec<TransferResult>> },
+}
+
+/// The decision of a usage transaction; called again from the start if the transaction is
+/// retried.
+pub type UsageDecision<'a> = dyn FnMut(&UsageView) -> UsageStep + Send + 'a;
+
+/// Recorded usage, for either backend.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Decides and writes an org's charges atomically (see the module's documentation).
+    async fn usage_tx(
+        &self,
+        org: OrgId,
+        reads: &UsageReads,
+        decide: &mut UsageDecision<'_>,
+    ) -> Result<UsageTxOutcome, StoreError>;
+
+    /// An org's events that occurred in `[from, to)`, in (occurred, id) order after the cursor,
+    /// at most `limit` ([`USAGE_PAGE_MAX`]).
+    async fn usage_events(
+        &self,
+        org: OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        after: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+}
+
+/// Expands the shared implementation of [`UsageStore`] for `$store`, with the backend's
+/// dialect module `$dialect`.
+macro_rules! shared_usage {
+    ($store:ident, $db:ty, $dialect:ident) => {
+        mod usage_shared {
+            use std::collections::HashMap;
+
+            use async_trait::async_trait;
+            use credex_ledger::{AccountId, OrgId, Timestamp};
+            use sqlx::Row;
+            use uuid::Uuid;
+
+            use super::$dialect as dialect;
+            use super::$store;
+            use crate::market::{signed, transfer_ids, transfer_ids_json, unsigned};
+            use crate::sql::Mode;
+            use crate::usage::{
+                UsageDecision, UsageReads, UsageRecord, UsageStep, UsageStore, UsageTxOutcome,
+                UsageView, INSERT_ROWS_MAX, USAGE_BATCH_MAX, USAGE_PAGE_MAX,
+            };
+            use crate::StoreError;
+
+            type Connection = <$db as sqlx::Database>::Connection;
+            type DbRow = <$db as sqlx::Database>::Row;
+
+            const COLUMNS: &str = "org_id, id, model, class, asset, input_tokens, \
+                 cached_input_tokens, cache_write_tokens, output_tokens, cost_micro_cr, \
+                 from_acquired, from_alloc, from_wallet_micro_cr, price_source, occurred_at, \
+                 recorded_at, user_id, api_key_id, task, conversation, metadata, fingerprint, \
+                 transfer_ids";
+
+            fn record(row: &DbRow) -> Result<UsageRecord, StoreError> {
+                let count = |column: &str| -> Result<u64, StoreError> {
+                    unsigned(row.try_get::<i64, _>(column)?)
+                };
+                let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+                Ok(UsageRecord {
+                    org: crate::market::org_id(row.try_get("org_id")?)?,
+                    id: row.try_get("id")?,
+                    model: row.try_get("model")?,
+                    class: row.try_get("class")?,
+                    asset: row.try_get("asset")?,
+                    input_tokens: count("input_tokens")?,
+                    cached_input_tokens: count("cached_input_tokens")?,
+                    cache_write_tokens: count("cache_write_tokens")?,
+                    output_tokens: count("output_tokens")?,
+                    cost_micro_cr: count("cost_micro_cr")?,
+                    from_acquired: count("from_acquired")?,
+                    from_alloc: count("from_alloc")?,
+                    from_wallet_micro_cr: count("from_wallet_micro_cr")?,
+                    price_source: row.try_get("price_source")?,
+                    occurred_at: Timestamp::from_micros(row.try_get("occurred_at")?),
+                    recorded_at: Timestamp::from_micros(row.try_get("recorded_at")?),
+                    user: row.try_get("user_id")?,
+                    api_key: row.try_get("api_key_id")?,
+                    task: row.try_get("task")?,
+                    conversation: row.try_get("conversation")?,
+                    metadata: row.try_get("metadata")?,
+                    fingerprint: fingerprint
+                        .try_into()
+                        .map_err(|_| StoreError::corrupt("a usage fingerprint of the wrong length"))?,
+                    transfer_ids: transfer_ids(&row.try_get::<String, _>("transfer_ids")?)?,
+                })
+            }
+
+            async fn recorded(
+                conn: &mut Connection,
+                org: OrgId,
+                ids: &[Uuid],
+            ) -> Result<HashMap<Uuid, UsageRecord>, StoreError> {
+                if ids.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM usage_events WHERE {} AND org_id = $2",
+                    dialect::in_uuids("id")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(ids))
+                    .bind(org.as_uuid())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter()
+                    .map(|row| record(row).map(|record| (record.id, record)))
+                    .collect()
+            }
+
+            async fn balances(
+                conn: &mut Connection,
+                ids: &[AccountId],
+            ) -> Result<HashMap<AccountId, credex_ledger::Balance>, StoreError> {
+                let mut balances: HashMap<AccountId, credex_ledger::Balance> =
+                    ids.iter().map(|id| (*id, credex_ledger::Balance::default())).collect();
+                if ids.is_empty() {
+                    return Ok(balances);
+                }
+                let uuids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+                let sql = format!(
+                    "SELECT account_id, \
+                     CAST(COALESCE(SUM(debits_pending), 0) AS BIGINT) AS debits_pending, \
+                     CAST(COALESCE(SUM(debits_posted), 0) AS BIGINT) AS debits_posted, \
+                     CAST(COALESCE(SUM(credits_pending), 0) AS BIGINT) AS credits_pending, \
+                     CAST(COALESCE(SUM(credits_posted), 0) AS BIGINT) AS credits_posted \
+                     FROM account_balances WHERE {} GROUP BY account_id",
+                    dialect::in_uuids("account_id")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(&uuids))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                for row in &rows {
+                    let id = crate::sql::account_id(row.try_get("account_id")?)?;
+                    let balance = crate::sql::balance([
+                        row.try_get("debits_pending")?,
+                        row.try_get("debits_posted")?,
+                        row.try_get("credits_pending")?,
+                        row.try_get("credits_posted")?,
+                    ])?;
+                    balances.insert(id, balance);
+                }
+                Ok(balances)
+            }
+
+            async fn insert_records(
+                conn: &mut Connection,
+                records: &[UsageRecord],
+            ) -> Result<(), StoreError> {
+                for chunk in records.chunks(INSERT_ROWS_MAX) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for record in chunk {
+                        let counts = [
+                            signed(record.input_tokens)?,
+                            signed(record.cached_input_tokens)?,
+                            signed(record.cache_write_tokens)?,
+                            signed(record.output_tokens)?,
+                            signed(record.cost_micro_cr)?,
+                            signed(record.from_acquired)?,
+                            signed(record.from_alloc)?,
+                            signed(record.from_wallet_micro_cr)?,
+                        ];
+                        rows.push((record, counts));
+                    }
+                    let mut query = sqlx::QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO usage_events ({COLUMNS}) "
+                    ));
+                    query.push_values(rows, |mut row, (record, counts)| {
+                        row.push_bind(record.org.as_uuid())
+                            .push_bind(record.id)
+                            .push_bind(record.model.clone())
+                            .push_bind(record.class.clone())
+                            .push_bind(record.asset.clone());
+                        for count in counts {
+                            row.push_bind(count);
+                        }
+                        row.push_bind(record.price_source.clone())
+                            .push_bind(record.occurred_at.as_micros())
+                            .push_bind(record.recorded_at.as_micros())
+                            .push_bind(record.user)
+                            .push_bind(record.api_key)
+                            .push_bind(record.task.clone())
+                            .push_bind(record.conversation.clone())
+                            .push_bind(record.metadata.clone())
+                            .push_bind(record.fingerprint.to_vec())
+                            .push_bind(transfer_ids_json(&record.transfer_ids));
+                    });
+                    query.build().execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
+            impl $store {
+                async fn usage_tx_once(
+                    &self,
+                    org: OrgId,
+                    reads: &UsageReads,
+                    decide: &mut UsageDecision<'_>,
+                    mode: Mode,
+                ) -> Result<UsageTxOutcome, StoreError> {
+                    let mut tx = dialect::begin_write(&self.pool).await?;
+                    let sql = format!(
+                        "SELECT id FROM orgs WHERE id = $1{}",
+                        dialect::FOR_NO_KEY_UPDATE
+                    );
+                    let locked: Option<Uuid> = sqlx::query_scalar(&sql)
+                        .bind(org.as_uuid())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if locked.is_none() {
+                        return Ok(UsageTxOutcome::NoOrg);
+                    }
+                    let now = self.clock.now();
+                    let view = UsageView {
+                        now,
+                        recorded: recorded(&mut tx, org, &reads.events).await?,
+                        balances: balances(&mut tx, &reads.balances).await?,
+                    };
+                    let UsageStep::Write(write) = decide(&view) else {
+                        tx.rollback().await?;
+                        return Ok(UsageTxOutcome::Stopped);
+                    };
+                    if write.records.len() > USAGE_BATCH_MAX
+                        || write.records.iter().any(|record| record.org != org)
+                    {
+                        return Err(StoreError::corrupt(
+                            "a usage decision wrote too many events, or another org's",
+                        ));
+                    }
+                    let chains: Vec<Vec<credex_ledger::Transfer>> = write
+                        .chains
+                        .iter()
+                        .filter(|chain| !chain.is_empty())
+                        .cloned()
+                        .collect();
+                    if !chains.is_empty() {
+                        let results = self.apply_in(&mut tx, &chains, mode, now).await?;
+                        let accepted = results.iter().flatten().all(|result| match result {
+                            Ok(()) => true,
+                            Err(error) => error.is_exists(),
+                        });
+                        if !accepted {
+                            tx.rollback().await?;
+                            return Ok(UsageTxOutcome::Refused { results });
+                        }
+                    }
+                    insert_records(&mut tx, &write.records).await?;
+                    tx.commit().await?;
+                    Ok(UsageTxOutcome::Committed)
+                }
+            }
+
+            #[async_trait]
+            impl UsageStore for $store {
+                async fn usage_tx(
+                    &self,
+                    org: OrgId,
+                    reads: &UsageReads,
+                    decide: &mut UsageDecision<'_>,
+                ) -> Result<UsageTxOutcome, StoreError> {
+                    let decide = tokio::sync::Mutex::new(decide);
+                    let decide = &decide;
+                    self.retrying(Mode::Locked, |mode| async move {
+                        let mut decide = decide.lock().await;
+                        self.usage_tx_once(org, reads, &mut **decide, mode).await
+                    })
+                    .await
+                }
+
+                async fn usage_events(
+                    &self,
+                    org: OrgId,
+                    from: Timestamp,
+                    to: Timestamp,
+                    after: Option<(Timestamp, Uuid)>,
+                    limit: u32,
+                ) -> Result<Vec<UsageRecord>, StoreError> {
+                    let (after_at, after_id) = match after {
+                        Some((at, id)) => (at.as_micros(), id),
+                        None => (i64::MIN, Uuid::nil()),
+                    };
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM usage_events WHERE org_id = $1 \
+                         AND occurred_at >= $2 AND occurred_at < $3 \
+                         AND (occurred_at > $4 OR (occurred_at = $4 AND id > $5)) \
+                         ORDER BY occurred_at, id LIMIT $6"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(from.as_micros())
+                        .bind(to.as_micros())
+                        .bind(after_at)
+                        .bind(after_id)
+                        .bind(i64::from(limit.clamp(1, USAGE_PAGE_MAX)))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter().map(record).collect()
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use shared_usage;
+
+pub(crate) use crate::market::INSERT_ROWS_MAX;
