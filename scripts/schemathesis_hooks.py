@@ -20,6 +20,8 @@ relate two values rather than constrain one:
 - A price alert's webhook URL parses as `http://host[:port]/path` and names a public host (422
   otherwise); e-mail addresses that the SMTP client cannot take are refused likewise, but the
   conformance server has no SMTP relay, so e-mail alerts answer 409 first.
+- A usage batch's event ids are distinct and neither the nil nor the max UUID, and an event
+  happened by now, when its model has a price (422 otherwise).
 - A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
   otherwise); a user (not an API key) names the org it previews for (422 otherwise).
 
@@ -210,6 +212,29 @@ def _min_fill_within(body):
         body["min_fill"] = body["quantity"]
 
 
+NIL_OR_MAX = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
+
+
+def _fit_usage(body):
+    """A usage batch's event ids are distinct, neither nil nor max, and an event happened by
+    now, where its model has a price (422 otherwise, documented): a well-formed id that repeats
+    or is nil/max becomes a fresh one, and a well-formed instant is dropped (the event happened
+    now)."""
+    events = body.get("events") if isinstance(body, dict) else None
+    seen = set()
+    for event in events if isinstance(events, list) else []:
+        if not isinstance(event, dict):
+            continue
+        event_id = event.get("id")
+        if isinstance(event_id, str) and UUID.fullmatch(event_id):
+            if event_id.lower() in seen or event_id.lower() in NIL_OR_MAX:
+                event_id = str(uuid.uuid4())
+                event["id"] = event_id
+            seen.add(event_id.lower())
+        if _seconds(event.get("at"), dates=False) is not None:
+            del event["at"]
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     _fresh_key(case.headers)
@@ -231,3 +256,5 @@ def before_call(context, case, kwargs):
         _min_fill_within(case.body)
     elif case.path == "/v1/orgs/{org_id}/price-alerts":
         _public_webhook(case.body)
+    elif case.path == "/v1/orgs/{org_id}/usage":
+        _fit_usage(case.body)

@@ -91,6 +91,8 @@ use crate::routes;
         routes::review::review_scan,
         routes::review::clear_flag,
         routes::review::org_review_flags,
+        routes::usage::record_usage,
+        routes::usage::list_usage,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth, &FrameworkResponses, &ClosedVariants),
@@ -102,6 +104,7 @@ use crate::routes;
         (name = "cycles", description = "Model classes, plans' allotments and billing cycles"),
         (name = "market", description = "The market: quotes and depth, listings, buy orders (emergency credits included), buybacks, and its admin settings"),
         (name = "review", description = "Fraud review: flags on orgs whose trading needs an admin's look, and clearing them"),
+        (name = "usage", description = "Model calls reported, priced and charged once; the org's usage history"),
         (name = "operations", description = "Probes and metrics for load balancers, orchestrators and Prometheus"),
     ),
 )]

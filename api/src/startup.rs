@@ -89,6 +89,10 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             cr_face_value: config.cr_face_value,
             market: market.clone(),
             alerts: alerts.clone(),
+            usage: Arc::new(crate::usage::Usage::new(
+                ledger.clone(),
+                config.cr_face_value,
+            )),
             market_velocity: Arc::new(RateLimiter::new(
                 Limit::new(
                     config.market_orders_per_minute,
@@ -160,6 +164,7 @@ pub fn app(
         .configure(routes::market::configure)
         .configure(routes::review::configure)
         .configure(routes::alerts::configure)
+        .configure(routes::usage::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
@@ -176,6 +181,8 @@ pub struct AppState {
     pub alerts: Arc<Alerts>,
     /// How many market writes each org may send per minute.
     pub market_velocity: Arc<RateLimiter>,
+    /// Usage recording.
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 /// A running server: its port is known before it serves (bind to port 0 in tests).

@@ -190,6 +190,15 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ("price_alerts", Who::Member, None),
         ("get_price_alert", Who::Member, None),
         ("cancel_price_alert", Who::Member, None),
+        (
+            "record_usage",
+            Who::Member,
+            Some(
+                json!({"events": [{"id": "01a21a6b-5f3c-7d2e-9a41-5f7c0b1e2d3f",
+                "model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5}]}),
+            ),
+        ),
+        ("list_usage", Who::Member, None),
         ("review_flags", Who::Admin, None),
         ("review_scan", Who::Admin, None),
         ("clear_flag", Who::Admin, Some(json!({"note": "fine"}))),

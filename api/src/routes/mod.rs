@@ -10,3 +10,4 @@ pub mod market;
 pub mod models;
 pub mod orgs;
 pub mod review;
+pub mod usage;

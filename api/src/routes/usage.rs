@@ -1,0 +1,485 @@
+//! Usage over HTTP: an org (usually a program, with an API key holding `usage:write`) reports
+//! its model calls one at a time or in batches of up to 1,000; each is priced at its instant
+//! and charged once (see [`crate::usage`]); members and `read` keys page through them.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use credex_ledger::Timestamp;
+use credex_pricing::cost::MAX_TOKENS_PER_KIND;
+use credex_pricing::TokenUsage;
+use credex_store::{UsageRecord, USAGE_BATCH_MAX, USAGE_PAGE_MAX};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::access::{Caller, OrgAccess, Read, UsageWrite};
+use crate::input::{self, integer, invalid};
+use crate::problem::{ApiError, Problem, ProblemKind};
+use crate::startup::AppState;
+use crate::usage::{RecordedUsage, UsageError, UsageEvent, LABEL_MAX, METADATA_MAX};
+use crate::views::rfc3339;
+
+/// How far ahead of the server's clock an event may be stamped (clocks drift).
+const FUTURE_SKEW_MICROS: i64 = 300_000_000;
+/// The largest body: 1,000 events with their metadata.
+pub const USAGE_BODY_MAX: usize = 8 << 20;
+
+fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+    ApiError::internal(error).into()
+}
+
+/// A batch of model calls, charged all or none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBody {
+    /// 1 to 1,000 events, each with an id not used twice in the batch.
+    #[schema(min_items = 1, max_items = 1000)]
+    events: Vec<UsageEventBody>,
+}
+
+/// One model call.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEventBody {
+    /// The org's own id for the call (a UUID, neither nil nor max): it is charged once; a
+    /// replay answers the recorded charge, other values under the id are refused (409).
+    #[schema(format = Uuid)]
+    id: String,
+    /// A model id or alias of the catalog.
+    #[schema(min_length = 1, max_length = 128)]
+    model: String,
+    /// Uncached input tokens.
+    #[serde(deserialize_with = "integer::required")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    input_tokens: u64,
+    /// Input tokens read from the provider's prompt cache (default 0).
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    cached_input_tokens: Option<u64>,
+    /// Input tokens written to the provider's prompt cache (default 0).
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    cache_write_tokens: Option<u64>,
+    #[serde(deserialize_with = "integer::required")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    output_tokens: u64,
+    /// When the call happened (default: now; at most 5 minutes ahead of the server's clock).
+    /// It is priced with the price in force then, and charged to that month's cycle.
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    /// The user who caused it.
+    #[schema(format = Uuid)]
+    user_id: Option<String>,
+    /// The API key it was made with (default: the calling key, if any).
+    #[schema(format = Uuid)]
+    api_key_id: Option<String>,
+    /// A task label (1 to 200 characters).
+    #[schema(min_length = 1, max_length = 200)]
+    task: Option<String>,
+    /// A conversation label (1 to 200 characters).
+    #[schema(min_length = 1, max_length = 200)]
+    conversation: Option<String>,
+    /// Free metadata: a JSON object of at most 4,096 bytes.
+    #[serde(default, deserialize_with = "input::object::optional")]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A recorded call and its charge.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageEventView {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The model's id (an alias resolves to it).
+    pub model: String,
+    pub class: String,
+    /// The token asset charged: the class in the call's cycle.
+    pub asset: String,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    /// The call at the model's price, µCR (rounded up).
+    pub cost_micro_cr: u64,
+    /// Tokens taken from `acquired`.
+    pub from_acquired: u64,
+    /// Tokens taken from `alloc`.
+    pub from_alloc: u64,
+    /// µCR taken from the wallet for the tokens no balance covered.
+    pub from_wallet_micro_cr: u64,
+    /// `catalog`, or `org` for the org's custom price.
+    pub price_source: String,
+    #[schema(format = DateTime)]
+    pub occurred_at: String,
+    #[schema(format = DateTime)]
+    pub recorded_at: String,
+    #[schema(format = Uuid)]
+    pub user_id: Option<String>,
+    #[schema(format = Uuid)]
+    pub api_key_id: Option<String>,
+    pub task: Option<String>,
+    pub conversation: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// The ledger transfers of the charge (none for a free call).
+    pub transfer_ids: Vec<String>,
+}
+
+impl From<&UsageRecord> for UsageEventView {
+    fn from(record: &UsageRecord) -> Self {
+        Self {
+            id: record.id.to_string(),
+            model: record.model.clone(),
+            class: record.class.clone(),
+            asset: record.asset.clone(),
+            input_tokens: record.input_tokens,
+            cached_input_tokens: record.cached_input_tokens,
+            cache_write_tokens: record.cache_write_tokens,
+            output_tokens: record.output_tokens,
+            cost_micro_cr: record.cost_micro_cr,
+            from_acquired: record.from_acquired,
+            from_alloc: record.from_alloc,
+            from_wallet_micro_cr: record.from_wallet_micro_cr,
+            price_source: record.price_source.clone(),
+            occurred_at: rfc3339(record.occurred_at),
+            recorded_at: rfc3339(record.recorded_at),
+            user_id: record.user.map(|id| id.to_string()),
+            api_key_id: record.api_key.map(|id| id.to_string()),
+            task: record.task.clone(),
+            conversation: record.conversation.clone(),
+            metadata: record
+                .metadata
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok()),
+            transfer_ids: record
+                .transfer_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+}
+
+/// A recorded call in a batch's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordedEventView {
+    #[serde(flatten)]
+    pub event: UsageEventView,
+    /// Whether it had been recorded before (this answer repeats that charge).
+    pub replayed: bool,
+}
+
+/// What a batch came to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBatchView {
+    /// The events in the order sent.
+    pub events: Vec<RecordedEventView>,
+    /// Sums over the events charged now (replays left out).
+    pub charged: ChargedView,
+}
+
+/// Sums of a batch's new charges.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ChargedView {
+    pub events: u64,
+    pub cost_micro_cr: u64,
+    pub from_acquired: u64,
+    pub from_alloc: u64,
+    pub from_wallet_micro_cr: u64,
+}
+
+fn field(index: usize, name: &str) -> String {
+    format!("events[{index}].{name}")
+}
+
+fn optional_uuid(
+    index: usize,
+    name: &str,
+    raw: Option<&str>,
+) -> Result<Option<uuid::Uuid>, actix_web::Error> {
+    raw.map(|text| input::uuid(text).ok_or_else(|| invalid(&field(index, name), "not a UUID")))
+        .transpose()
+}
+
+fn label(
+    index: usize,
+    name: &str,
+    raw: Option<String>,
+) -> Result<Option<String>, actix_web::Error> {
+    match raw {
+        Some(text) if text.is_empty() || text.chars().count() > LABEL_MAX => Err(invalid(
+            &field(index, name),
+            format!("1 to {LABEL_MAX} characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn parse_event(
+    index: usize,
+    body: UsageEventBody,
+    now: Timestamp,
+    caller_key: Option<uuid::Uuid>,
+) -> Result<UsageEvent, actix_web::Error> {
+    let id = input::uuid(&body.id)
+        .filter(|id| !id.is_nil() && !id.is_max())
+        .ok_or_else(|| invalid(&field(index, "id"), "a UUID, neither nil nor max"))?;
+    if body.model.is_empty() || body.model.len() > 128 {
+        return Err(invalid(&field(index, "model"), "1 to 128 characters"));
+    }
+    let counts = [
+        ("input_tokens", body.input_tokens),
+        ("cached_input_tokens", body.cached_input_tokens.unwrap_or(0)),
+        ("cache_write_tokens", body.cache_write_tokens.unwrap_or(0)),
+        ("output_tokens", body.output_tokens),
+    ];
+    for (name, count) in counts {
+        if count > MAX_TOKENS_PER_KIND {
+            return Err(invalid(&field(index, name), "at most 10^12"));
+        }
+    }
+    let tokens = TokenUsage::new(counts[0].1, counts[1].1, counts[2].1, counts[3].1)
+        .map_err(|error| invalid(&field(index, "input_tokens"), error))?;
+    let at = match body.at.as_deref() {
+        Some(raw) => input::instant(&field(index, "at"), raw)?,
+        None => now,
+    };
+    if at > now.plus_micros(FUTURE_SKEW_MICROS) {
+        return Err(invalid(
+            &field(index, "at"),
+            "at most 5 minutes ahead of the server's clock",
+        ));
+    }
+    let metadata = match body.metadata {
+        Some(object) => {
+            let text = serde_json::Value::Object(object).to_string();
+            if text.len() > METADATA_MAX {
+                return Err(invalid(
+                    &field(index, "metadata"),
+                    format!("at most {METADATA_MAX} bytes of JSON"),
+                ));
+            }
+            Some(text)
+        }
+        None => None,
+    };
+    Ok(UsageEvent {
+        id,
+        model: body.model,
+        tokens,
+        at,
+        user: optional_uuid(index, "user_id", body.user_id.as_deref())?,
+        api_key: optional_uuid(index, "api_key_id", body.api_key_id.as_deref())?.or(caller_key),
+        task: label(index, "task", body.task)?,
+        conversation: label(index, "conversation", body.conversation)?,
+        metadata,
+    })
+}
+
+/// Each refusal of the usage service as a problem that says why.
+fn usage_error(error: UsageError) -> actix_web::Error {
+    use UsageError as E;
+    let detail = error.to_string();
+    let kind = match error {
+        E::Store(error) => return internal(&error),
+        E::BatchSize { .. } | E::InvalidId { .. } | E::Duplicate { .. } | E::Invalid { .. } => {
+            ProblemKind::Unprocessable
+        }
+        // An unknown model is missing data, as in a cost preview; no price in force at the
+        // event's instant is a field out of range.
+        E::Price { error, .. } => error.kind,
+        E::Conflict { .. } | E::Ledger(_) => ProblemKind::Conflict,
+        E::InsufficientFunds { .. } | E::TooCostly { .. } => ProblemKind::PaymentRequired,
+        E::NoOrg => ProblemKind::NotFound,
+    };
+    ApiError::new(kind, detail).into()
+}
+
+fn batch_view(recorded: &[RecordedUsage]) -> UsageBatchView {
+    let mut charged = ChargedView::default();
+    for usage in recorded.iter().filter(|usage| !usage.replayed) {
+        let record = &usage.record;
+        charged.events += 1;
+        charged.cost_micro_cr = charged.cost_micro_cr.saturating_add(record.cost_micro_cr);
+        charged.from_acquired = charged.from_acquired.saturating_add(record.from_acquired);
+        charged.from_alloc = charged.from_alloc.saturating_add(record.from_alloc);
+        charged.from_wallet_micro_cr = charged
+            .from_wallet_micro_cr
+            .saturating_add(record.from_wallet_micro_cr);
+    }
+    UsageBatchView {
+        events: recorded
+            .iter()
+            .map(|usage| RecordedEventView {
+                event: UsageEventView::from(&usage.record),
+                replayed: usage.replayed,
+            })
+            .collect(),
+        charged,
+    }
+}
+
+/// Records model calls (members; API keys need `usage:write`): each is priced with the price
+/// in force when it happened (the org's custom price first) and charged — tokens from
+/// `acquired`, then from `alloc` of the model's class for the call's cycle, then µCR from the
+/// wallet for the tokens no balance covered — as one linked ledger chain. The batch is charged
+/// all or none: if one call cannot be paid, nothing is, and the answer is 402 naming it. An
+/// event id is charged once: a replay answers the recorded charge (200 when every event of the
+/// batch is a replay).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org_id}/usage",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org")),
+    request_body = UsageBody,
+    responses(
+        (status = 201, description = "Recorded and charged", body = UsageBatchView),
+        (status = 200, description = "Every event had been recorded before: their charges", body = UsageBatchView),
+        (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "The org's balances cannot pay for an event (the detail names it and what it needs), or one call costs more than a charge can carry: nothing was charged", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without `usage:write`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org, or no model has an event's name (the detail names the event)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An event id was recorded before with other values, or the balances changed under the batch several times running", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 8 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is not valid (the detail names it as `events[i].field`): an id twice in the batch, the nil or max UUID as an id, no price in force for the model at the event's instant, an event more than 5 minutes ahead of the server's clock, metadata over 4,096 bytes", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn record_usage(
+    access: OrgAccess<UsageWrite>,
+    body: web::Json<UsageBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let body = body.into_inner();
+    if body.events.is_empty() || body.events.len() > USAGE_BATCH_MAX {
+        return Err(invalid("events", format!("1 to {USAGE_BATCH_MAX} events")));
+    }
+    let now = state.ledger.store().clock().now();
+    let caller_key = match &access.caller {
+        Caller::Key(key) => Some(key.id.as_uuid()),
+        Caller::User { .. } => None,
+    };
+    let events = body
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| parse_event(index, event, now, caller_key))
+        .collect::<Result<Vec<_>, _>>()?;
+    let recorded = state
+        .usage
+        .record(access.org, events)
+        .await
+        .map_err(usage_error)?;
+    let status = if recorded.iter().all(|usage| usage.replayed) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(HttpResponse::build(status).json(batch_view(&recorded)))
+}
+
+/// Which of an org's events to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// Events that occurred at or after this instant (default: the beginning).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Events that occurred before this instant (default: the end of time).
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// The `next` cursor of the page before.
+    #[param(
+        max_length = 64,
+        pattern = r"^-?[0-9]{1,18}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )]
+    after: Option<String>,
+    /// At most this many (1 to 1,000; default 100).
+    #[serde(deserialize_with = "integer::optional_in_query", default)]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// A page of events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsagePageView {
+    pub events: Vec<UsageEventView>,
+    /// The cursor of the next page (`after`), when this one is full.
+    pub next: Option<String>,
+}
+
+fn cursor(raw: &str) -> Option<(Timestamp, uuid::Uuid)> {
+    let (micros, id) = raw.split_once('_')?;
+    let micros: i64 = micros.parse().ok()?;
+    Some((Timestamp::from_micros(micros), input::uuid(id)?))
+}
+
+/// The org's recorded calls in the order they happened (members; API keys need `read`).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/usage",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org"), UsageQuery),
+    responses(
+        (status = 200, description = "A page of events, oldest first", body = UsagePageView),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A filter is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_usage(
+    access: OrgAccess<Read>,
+    query: web::Query<UsageQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let query = query.into_inner();
+    let from = match query.from.as_deref() {
+        Some(raw) => input::instant("from", raw)?,
+        None => Timestamp::from_micros(i64::MIN),
+    };
+    let to = match query.to.as_deref() {
+        Some(raw) => input::instant("to", raw)?,
+        None => Timestamp::from_micros(i64::MAX),
+    };
+    let after = query
+        .after
+        .as_deref()
+        .map(|raw| cursor(raw).ok_or_else(|| invalid("after", "a cursor from a page's `next`")))
+        .transpose()?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=USAGE_PAGE_MAX).contains(&limit) {
+        return Err(invalid("limit", "1 to 1000"));
+    }
+    let records = state
+        .ledger
+        .store()
+        .usage_events(access.org, from, to, after, limit)
+        .await
+        .map_err(|error| internal(&error))?;
+    let full = records.len() == usize::try_from(limit).unwrap_or(usize::MAX);
+    let next = records
+        .last()
+        .filter(|_| full)
+        .map(|last| format!("{}_{}", last.occurred_at.as_micros(), last.id));
+    Ok(HttpResponse::Ok().json(UsagePageView {
+        events: records.iter().map(UsageEventView::from).collect(),
+        next,
+    }))
+}
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config.service(
+        web::resource("/v1/orgs/{org_id}/usage")
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(USAGE_BODY_MAX)
+                    .error_handler(crate::problem::json_error),
+            )
+            .route(web::get().to(list_usage))
+            .route(web::post().to(record_usage)),
+    );
+}

@@ -1,0 +1,202 @@
+//! Usage over HTTP on both backends: a program with a `usage:write` key reports a call and is
+//! charged (attributed to its key); the same batch again answers the recorded charge (200); a
+//! batch the wallet cannot pay is refused with 402 problem+json and changes nothing; the org's
+//! members page through what was recorded, and a key without `read` cannot.
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::{bearer, call, sign_in, Answer, Fixture, ADMIN, PASSWORD};
+use credex_api::startup::app;
+use credex_tests::{on_both_backends, TestDb};
+use serde_json::{json, Value};
+
+fn request(method: &str, uri: &str, token: &str, body: Option<Value>) -> test::TestRequest {
+    let request = match method {
+        "GET" => test::TestRequest::get(),
+        "POST" => test::TestRequest::post(),
+        other => panic!("{other}"),
+    }
+    .uri(uri);
+    let request = bearer(request, token);
+    match body {
+        Some(body) => request.set_json(body),
+        None => request,
+    }
+}
+
+fn expect(answer: &Answer, status: StatusCode, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", answer.body);
+}
+
+async fn usage_through_http(db: &TestDb) {
+    let fixture = Fixture::new(db).await;
+    let service = test::init_service(app(fixture.assembled.parts.clone())).await;
+    let admin = sign_in(&service, ADMIN, PASSWORD).await;
+    let made = call(
+        &service,
+        request(
+            "POST",
+            "/v1/admin/orgs",
+            &admin,
+            Some(json!({"name": "Acme", "plan": "teams"})),
+        ),
+    )
+    .await;
+    expect(&made, StatusCode::CREATED, "an org");
+    let org = made.body["id"].as_str().expect("an id").to_owned();
+    let owner = json!({"email": "alice@acme.example", "password": PASSWORD, "org_id": org,
+        "role": "owner"});
+    let made = call(
+        &service,
+        request("POST", "/v1/admin/users", &admin, Some(owner)),
+    )
+    .await;
+    expect(&made, StatusCode::CREATED, "an owner");
+    let credit = call(
+        &service,
+        request(
+            "POST",
+            &format!("/v1/admin/orgs/{org}/credits"),
+            &admin,
+            Some(json!({"kind": "top_up", "amount_micro_cr": 5_000_000, "reason": "invoice"})),
+        )
+        .insert_header(("Idempotency-Key", "acme-top-up")),
+    )
+    .await;
+    expect(&credit, StatusCode::CREATED, "credits");
+    let alice = sign_in(&service, "alice@acme.example", PASSWORD).await;
+    let made = call(
+        &service,
+        request(
+            "POST",
+            &format!("/v1/orgs/{org}/api-keys"),
+            &alice,
+            Some(json!({"name": "worker", "scopes": ["usage:write"]})),
+        ),
+    )
+    .await;
+    expect(&made, StatusCode::CREATED, "a key");
+    let key = made.body["key"].as_str().expect("the key").to_owned();
+    let key_id = made.body["api_key"]["id"]
+        .as_str()
+        .expect("its id")
+        .to_owned();
+    let usage = format!("/v1/orgs/{org}/usage");
+    let wallet = || async {
+        let answer = call(
+            &service,
+            request("GET", &format!("/v1/orgs/{org}/balances"), &alice, None),
+        )
+        .await;
+        expect(&answer, StatusCode::OK, "balances");
+        answer
+            .body
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|b| b["asset"] == "CR")
+            .map_or(0, |b| b["balance"]["available"].as_i64().expect("a number"))
+    };
+    assert_eq!(wallet().await, 5_000_000);
+
+    // 100,000 input tokens of a pro model at $2 per 1M: 0.2 CR. No cycle is open, so no
+    // token balance covers it: the wallet pays.
+    let batch = json!({"events": [{
+        "id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e6f",
+        "model": "gpt-6-sol",
+        "input_tokens": 100_000,
+        "output_tokens": 0,
+        "task": "triage",
+        "metadata": {"ticket": 42},
+    }]});
+    let first = call(&service, request("POST", &usage, &key, Some(batch.clone()))).await;
+    expect(&first, StatusCode::CREATED, "recorded");
+    let event = &first.body["events"][0];
+    assert_eq!(event["cost_micro_cr"], 200_000, "{event}");
+    assert_eq!(event["from_wallet_micro_cr"], 200_000);
+    assert_eq!(
+        event["api_key_id"],
+        key_id.as_str(),
+        "attributed to the calling key"
+    );
+    assert_eq!(event["metadata"]["ticket"], 42);
+    assert_eq!(event["replayed"], false);
+    assert_eq!(first.body["charged"]["from_wallet_micro_cr"], 200_000);
+    assert_eq!(wallet().await, 4_800_000);
+
+    // The same batch again: the recorded charge, nothing moved.
+    let again = call(&service, request("POST", &usage, &key, Some(batch))).await;
+    expect(&again, StatusCode::OK, "a replay");
+    assert_eq!(again.body["events"][0]["replayed"], true);
+    assert_eq!(again.body["charged"]["events"], 0);
+    assert_eq!(wallet().await, 4_800_000);
+
+    // 1,000,000 output tokens at $10 per 1M: 10 CR, more than the wallet holds. With a call
+    // that fits before it, nothing is charged.
+    let short = json!({"events": [
+        {"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e70", "model": "gpt-6-sol",
+         "input_tokens": 10, "output_tokens": 0},
+        {"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e71", "model": "gpt-6-sol",
+         "input_tokens": 0, "output_tokens": 1_000_000},
+    ]});
+    let refused = call(&service, request("POST", &usage, &key, Some(short))).await;
+    expect(&refused, StatusCode::PAYMENT_REQUIRED, "cannot pay");
+    assert_eq!(
+        refused
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    assert_eq!(
+        refused.body["type"],
+        "https://credex.dev/problems/payment-required"
+    );
+    let detail = refused.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("event 1") && detail.contains("cannot be paid"),
+        "{detail}"
+    );
+    assert_eq!(wallet().await, 4_800_000);
+
+    // Bad input: an unknown model (404), the same id twice (422), an event from the future.
+    let unknown = json!({"events": [{"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e72",
+        "model": "no-such-model", "input_tokens": 1, "output_tokens": 1}]});
+    let answer = call(&service, request("POST", &usage, &key, Some(unknown))).await;
+    expect(&answer, StatusCode::NOT_FOUND, "an unknown model");
+    let twice = json!({"events": [
+        {"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e73", "model": "gpt-6-sol", "input_tokens": 1,
+         "output_tokens": 1},
+        {"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e73", "model": "gpt-6-sol", "input_tokens": 2,
+         "output_tokens": 1},
+    ]});
+    let answer = call(&service, request("POST", &usage, &key, Some(twice))).await;
+    expect(&answer, StatusCode::UNPROCESSABLE_ENTITY, "an id twice");
+    let future = json!({"events": [{"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e74",
+        "model": "gpt-6-sol", "input_tokens": 1, "output_tokens": 1,
+        "at": "2030-01-01T00:00:00Z"}]});
+    let answer = call(&service, request("POST", &usage, &key, Some(future))).await;
+    expect(
+        &answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an event from the future",
+    );
+    assert!(answer.body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("events[0].at"));
+    assert_eq!(wallet().await, 4_800_000);
+
+    // Members read the history; the usage key, without `read`, cannot.
+    let page = call(&service, request("GET", &usage, &alice, None)).await;
+    expect(&page, StatusCode::OK, "the history");
+    assert_eq!(page.body["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page.body["events"][0]["task"], "triage");
+    let denied = call(&service, request("GET", &usage, &key, None)).await;
+    expect(&denied, StatusCode::FORBIDDEN, "a key without read");
+    fixture.close().await;
+}
+
+on_both_backends!(usage_through_http);
