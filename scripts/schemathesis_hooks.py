@@ -20,8 +20,11 @@ relate two values rather than constrain one:
 - A price alert's webhook URL parses as `http://host[:port]/path` and names a public host (422
   otherwise); e-mail addresses that the SMTP client cannot take are refused likewise, but the
   conformance server has no SMTP relay, so e-mail alerts answer 409 first.
-- A usage batch's event ids are distinct and neither the nil nor the max UUID, and an event
-  happened by now, when its model has a price (422 otherwise).
+- A usage batch's event ids are distinct and neither the nil nor the max UUID, an event
+  happened by now, when its model has a price, and its metadata is at most 4,096 bytes of JSON
+  (422 otherwise).
+- A budget's time zone is an IANA name, and its thresholds are distinct percents of 1 to 1,000
+  in ascending order (422 otherwise).
 - A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
   otherwise); a user (not an API key) names the org it previews for (422 otherwise).
 
@@ -38,6 +41,7 @@ check is disabled, no failure filtered.
 """
 
 import datetime
+import json
 import os
 import random
 import re
@@ -216,10 +220,11 @@ NIL_OR_MAX = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-f
 
 
 def _fit_usage(body):
-    """A usage batch's event ids are distinct, neither nil nor max, and an event happened by
-    now, where its model has a price (422 otherwise, documented): a well-formed id that repeats
-    or is nil/max becomes a fresh one, and a well-formed instant is dropped (the event happened
-    now)."""
+    """A usage batch's event ids are distinct, neither nil nor max, an event happened by now,
+    where its model has a price, and its metadata is at most 4,096 bytes of JSON (422
+    otherwise, documented): a well-formed id that repeats or is nil/max becomes a fresh one, a
+    well-formed instant is dropped (the event happened now), and larger metadata becomes
+    `{}`."""
     events = body.get("events") if isinstance(body, dict) else None
     seen = set()
     for event in events if isinstance(events, list) else []:
@@ -233,6 +238,26 @@ def _fit_usage(body):
             seen.add(event_id.lower())
         if _seconds(event.get("at"), dates=False) is not None:
             del event["at"]
+        metadata = event.get("metadata")
+        if isinstance(metadata, dict) and len(json.dumps(metadata, separators=(",", ":")).encode()) > 4096:
+            event["metadata"] = {}
+
+
+def _fit_budget(body):
+    """A budget's time zone is an IANA name and its thresholds are distinct percents of 1 to
+    1,000 in ascending order (422 otherwise, documented): a well-formed time zone becomes
+    `Europe/Paris`, and a list of whole numbers becomes those numbers, clamped, sorted, once
+    each."""
+    if not isinstance(body, dict):
+        return
+    zone = body.get("time_zone")
+    if isinstance(zone, str) and 1 <= len(zone) <= 64:
+        body["time_zone"] = "Europe/Paris"
+    thresholds = body.get("thresholds")
+    if isinstance(thresholds, list) and 1 <= len(thresholds) <= 10:
+        whole = [_whole(t) for t in thresholds]
+        if all(w is not None and w >= 0 for w in whole):
+            body["thresholds"] = sorted({min(max(w, 1), 1000) for w in whole})
 
 
 @schemathesis.hook
@@ -258,3 +283,5 @@ def before_call(context, case, kwargs):
         _public_webhook(case.body)
     elif case.path == "/v1/orgs/{org_id}/usage":
         _fit_usage(case.body)
+    elif case.path == "/v1/orgs/{org_id}/budgets":
+        _fit_budget(case.body)

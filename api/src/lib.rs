@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod bench;
+pub mod budgets;
 pub mod catalog;
 pub mod config;
 pub mod cycles;

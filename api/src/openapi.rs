@@ -93,6 +93,11 @@ use crate::routes;
         routes::review::org_review_flags,
         routes::usage::record_usage,
         routes::usage::list_usage,
+        routes::budgets::create_budget,
+        routes::budgets::budgets,
+        routes::budgets::get_budget,
+        routes::budgets::delete_budget,
+        routes::budgets::budget_alerts,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth, &FrameworkResponses, &ClosedVariants),
@@ -104,7 +109,7 @@ use crate::routes;
         (name = "cycles", description = "Model classes, plans' allotments and billing cycles"),
         (name = "market", description = "The market: quotes and depth, listings, buy orders (emergency credits included), buybacks, and its admin settings"),
         (name = "review", description = "Fraud review: flags on orgs whose trading needs an admin's look, and clearing them"),
-        (name = "usage", description = "Model calls reported, priced and charged once; the org's usage history"),
+        (name = "usage", description = "Model calls reported, priced and charged once; the org's usage history; budgets and their alerts"),
         (name = "operations", description = "Probes and metrics for load balancers, orchestrators and Prometheus"),
     ),
 )]
@@ -248,7 +253,13 @@ impl utoipa::Modify for ClosedVariants {
         let Some(components) = document.components.as_mut() else {
             return;
         };
-        for name in ["TransferRequest", "CurveBody", "LimitBody", "AlertTarget"] {
+        for name in [
+            "TransferRequest",
+            "CurveBody",
+            "LimitBody",
+            "AlertTarget",
+            "ScopeBody",
+        ] {
             let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
                 panic!("{name} is a oneOf of its variants");
             };

@@ -165,6 +165,7 @@ pub fn app(
         .configure(routes::review::configure)
         .configure(routes::alerts::configure)
         .configure(routes::usage::configure)
+        .configure(routes::budgets::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }

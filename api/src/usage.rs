@@ -23,12 +23,13 @@ use credex_ledger::{
 };
 use credex_pricing::{CostError, CrFaceValue, TokenUsage};
 use credex_store::{
-    Ledger, Store, StoreError, UsageReads, UsageRecord, UsageStep, UsageTxOutcome, UsageView,
-    UsageWrite, USAGE_BATCH_MAX,
+    BudgetAlertRecord, Ledger, Store, StoreError, UsageReads, UsageRecord, UsageStep,
+    UsageTxOutcome, UsageView, UsageWrite, USAGE_BATCH_MAX,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::budgets::Budget;
 use crate::catalog::{self, ModelPrices};
 use crate::cycles::{derived_id, CycleId};
 use crate::market::AccountBook;
@@ -133,6 +134,18 @@ pub enum UsageError {
         needed_micro_cr: u64,
         available_micro_cr: u64,
     },
+    #[error(
+        "event {index} ({id}) would take the hard budget {name:?} ({budget}) to \
+         {would_spend_micro_cr} µCR, past its limit of {limit_micro_cr} µCR this period"
+    )]
+    BudgetExceeded {
+        index: usize,
+        id: Uuid,
+        budget: Uuid,
+        name: String,
+        limit_micro_cr: u64,
+        would_spend_micro_cr: u64,
+    },
     #[error("no such org")]
     NoOrg,
     #[error("the ledger refused a charge: {0:?}")]
@@ -157,9 +170,11 @@ struct EventAccounts {
     credit_spent: AccountId,
 }
 
-/// One event, priced, with its accounts.
+/// One event, priced, with its accounts and the budget periods it counts in.
 #[derive(Debug, Clone)]
 struct Priced {
+    /// (index into the batch's budgets, the period's start).
+    budgets: Vec<(usize, Timestamp)>,
     event: UsageEvent,
     fingerprint: [u8; 32],
     model: String,
@@ -198,11 +213,40 @@ impl Usage {
         events: Vec<UsageEvent>,
     ) -> Result<Vec<RecordedUsage>, UsageError> {
         check_batch(&events)?;
-        let priced = self.price(org, events).await?;
+        let budgets = self
+            .store()
+            .budgets_of(org)
+            .await?
+            .iter()
+            .map(Budget::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let mut priced = self.price(org, events).await?;
+        for p in &mut priced {
+            let event = &p.event;
+            p.budgets = budgets
+                .iter()
+                .enumerate()
+                .filter(|(_, budget)| {
+                    budget.applies(event.user, event.api_key, event.task.as_deref())
+                })
+                .map(|(index, budget)| (index, budget.period_start(event.at)))
+                .collect();
+        }
         let mut reads = UsageReads {
             events: priced.iter().map(|p| p.event.id).collect(),
             balances: Vec::new(),
+            spend: Vec::new(),
         };
+        for p in &priced {
+            reads.spend.extend(
+                p.budgets
+                    .iter()
+                    .map(|(index, start)| (budgets[*index].id(), *start)),
+            );
+        }
+        reads.spend.sort_unstable();
+        reads.spend.dedup();
         for p in &priced {
             let a = p.accounts;
             reads
@@ -216,7 +260,7 @@ impl Usage {
             tries += 1;
             let mut decided: Option<Result<Vec<RecordedUsage>, UsageError>> = None;
             let outcome = {
-                let mut decide = |view: &UsageView| match plan(org, view, &priced) {
+                let mut decide = |view: &UsageView| match plan(org, view, &priced, &budgets) {
                     Ok((write, recorded)) => {
                         decided = Some(Ok(recorded));
                         if write.records.is_empty() {
@@ -308,6 +352,7 @@ impl Usage {
                 }
             };
             priced.push(Priced {
+                budgets: Vec::new(),
                 fingerprint: event.fingerprint(),
                 model: resolved.model.id.clone(),
                 class,
@@ -416,7 +461,10 @@ fn plan(
     org: OrgId,
     view: &UsageView,
     priced: &[Priced],
+    budgets: &[Budget],
 ) -> Result<(UsageWrite, Vec<RecordedUsage>), UsageError> {
+    let mut spent = view.spent.clone();
+    let mut touched: Vec<(Uuid, Timestamp)> = Vec::new();
     let mut available: HashMap<AccountId, u64> = view
         .balances
         .iter()
@@ -435,6 +483,42 @@ fn plan(
                 replayed: true,
             });
             continue;
+        }
+        // Budgets first: a hard one refuses the event (and so the batch) before any balance
+        // is looked at; every one that applies counts the call's whole cost.
+        for (budget_index, start) in &p.budgets {
+            let budget = budgets
+                .get(*budget_index)
+                .ok_or_else(|| corrupt("an event counted in a budget that is not there"))?;
+            let key = (budget.id(), *start);
+            let before = spent.get(&key).copied().unwrap_or(0);
+            let after = before.saturating_add(p.cost_micro_cr);
+            if budget.is_hard() && after > budget.limit_micro_cr() {
+                return Err(UsageError::BudgetExceeded {
+                    index,
+                    id,
+                    budget: budget.id(),
+                    name: budget.name().to_owned(),
+                    limit_micro_cr: budget.limit_micro_cr(),
+                    would_spend_micro_cr: after,
+                });
+            }
+            for threshold in budget.crossed(before, after) {
+                write.alerts.push(BudgetAlertRecord {
+                    id: Uuid::now_v7(),
+                    budget: budget.id(),
+                    org,
+                    period_start: *start,
+                    threshold,
+                    spent_micro_cr: after,
+                    limit_micro_cr: budget.limit_micro_cr(),
+                    at: view.now,
+                });
+            }
+            spent.insert(key, after);
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
         }
         let mut take = |account: Option<AccountId>, wanted: u64| -> u64 {
             let Some(balance) = account.and_then(|id| available.get_mut(&id)) else {
@@ -491,6 +575,10 @@ fn plan(
             replayed: false,
         });
     }
+    write.spend = touched
+        .into_iter()
+        .map(|key| (key.0, key.1, spent.get(&key).copied().unwrap_or(0)))
+        .collect();
     Ok((write, answers))
 }
 

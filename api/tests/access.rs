@@ -199,6 +199,18 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
             ),
         ),
         ("list_usage", Who::Member, None),
+        (
+            "create_budget",
+            Who::Owner,
+            Some(
+                json!({"name": "team", "scope": {"kind": "org"}, "period": "month",
+                "limit_micro_cr": 1_000_000}),
+            ),
+        ),
+        ("budgets", Who::Member, None),
+        ("get_budget", Who::Member, None),
+        ("delete_budget", Who::Owner, None),
+        ("budget_alerts", Who::Member, None),
         ("review_flags", Who::Admin, None),
         ("review_scan", Who::Admin, None),
         ("clear_flag", Who::Admin, Some(json!({"note": "fine"}))),

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use credex_api::budgets::{Budget, NewBudget, Period, Scope};
 use credex_api::catalog::seed_builtin;
 use credex_api::cycles::{open_cycle, CycleId};
 use credex_api::market::{BuyRequest, FraudPolicy, Market};
@@ -358,8 +359,181 @@ async fn concurrent_charges_never_overdraw(db: &TestDb) {
     w.ledger.close().await;
 }
 
+async fn add_budget(w: &World, org: OrgId, new: NewBudget) -> Budget {
+    let budget = Budget::new(Uuid::now_v7(), org, new, w.now()).expect("a budget");
+    w.store()
+        .put_budget(&budget.record(), &audit("budgets.create"))
+        .await
+        .expect("stored");
+    budget
+}
+
+fn budget(name: &str, scope: Scope, limit_micro_cr: u64, hard: bool) -> NewBudget {
+    NewBudget {
+        name: name.to_owned(),
+        scope,
+        period: Period::Month,
+        time_zone: "Europe/Paris".to_owned(),
+        limit_micro_cr,
+        thresholds: vec![75, 90, 100],
+        hard,
+    }
+}
+
+/// The overspend test, on one database shared by two processes (two ledgers and usage
+/// services, two connection pools): a hard budget of 1,000,000 µCR and 200 concurrent
+/// requests of 10,000 µCR each (1,000 output tokens at $10 per 1M). Exactly 100 are charged;
+/// the rest are refused by the budget; the budget's spend is exactly its limit, each threshold
+/// alerted once, and nothing was charged for a refused request.
+async fn a_hard_budget_is_never_overspent(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    // The allotment spent first, so that every request is paid by the wallet (10 CR).
+    w.record(org, vec![event(ALLOT, 0, w.now())])
+        .await
+        .expect("recorded");
+    let hard = add_budget(&w, org, budget("org", Scope::Org, 1_000_000, true)).await;
+    let second = Arc::new(db.ledger(w.clock.clone()).await);
+    let services = [
+        Arc::new(Usage::new(w.ledger.clone(), face())),
+        Arc::new(Usage::new(second.clone(), face())),
+    ];
+    let now = w.now();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let usage = services[i % 2].clone();
+        let one = event(0, 1_000, now);
+        tasks.push(tokio::spawn(
+            async move { usage.record(org, vec![one]).await },
+        ));
+    }
+    let (mut charged, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("a task") {
+            Ok(recorded) => {
+                assert_eq!(recorded[0].record.cost_micro_cr, 10_000);
+                charged += 1;
+            }
+            Err(UsageError::BudgetExceeded {
+                budget,
+                limit_micro_cr,
+                ..
+            }) => {
+                assert_eq!((budget, limit_micro_cr), (hard.id(), 1_000_000));
+                refused += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((charged, refused), (100, 100));
+    let start = hard.period_start(now);
+    assert_eq!(
+        w.store()
+            .budget_spent(hard.id(), start)
+            .await
+            .expect("spent"),
+        1_000_000
+    );
+    let (_, _, wallet) = w.balances(org).await;
+    assert_eq!(wallet, i128::from(CREDITS) - 1_000_000);
+    let mut thresholds: Vec<u32> = w
+        .store()
+        .budget_alerts(org, 100)
+        .await
+        .expect("alerts")
+        .iter()
+        .map(|alert| alert.threshold)
+        .collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, vec![75, 90, 100]);
+    assert_eq!(w.recorded(org).await, 101);
+    assert!(w.store().check().await.expect("check").is_ok());
+    second.close().await;
+    w.ledger.close().await;
+}
+
+/// Budgets count only their scope's calls; a soft one alerts and never refuses; a new period
+/// starts from zero; a deleted budget no longer counts.
+async fn budgets_count_their_scope_and_period(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    let now = w.now();
+    let user = Uuid::now_v7();
+    let task = add_budget(
+        &w,
+        org,
+        budget(
+            "summaries",
+            Scope::Task("summaries".to_owned()),
+            500_000,
+            true,
+        ),
+    )
+    .await;
+    let soft = add_budget(&w, org, budget("alice", Scope::User(user), 100_000, false)).await;
+    // 200,000 input tokens at $2 per 1M: 400,000 µCR, labelled `summaries` by `event`.
+    let mut by_alice = event(200_000, 0, now);
+    by_alice.user = Some(user);
+    w.record(org, vec![by_alice]).await.expect("recorded");
+    let spent = |budget: &Budget, at: Timestamp| {
+        let start = budget.period_start(at);
+        let id = budget.id();
+        let store = w.store().clone();
+        async move { store.budget_spent(id, start).await.expect("spent") }
+    };
+    assert_eq!(spent(&task, now).await, 400_000);
+    assert_eq!(
+        spent(&soft, now).await,
+        400_000,
+        "a soft budget never refuses"
+    );
+    // The task's hard budget has 100,000 µCR left: 200,000 more is refused, an untagged call
+    // is not its business.
+    let refused = w.record(org, vec![event(100_000, 0, now)]).await;
+    assert!(
+        matches!(refused, Err(UsageError::BudgetExceeded { .. })),
+        "{refused:?}"
+    );
+    let untagged = UsageEvent {
+        task: None,
+        ..event(100_000, 0, now)
+    };
+    w.record(org, vec![untagged]).await.expect("recorded");
+    assert_eq!(spent(&task, now).await, 400_000);
+    // The soft budget crossed all three thresholds at once, and says so once each.
+    let alerts = w.store().budget_alerts(org, 100).await.expect("alerts");
+    let mut soft_alerts: Vec<u32> = alerts
+        .iter()
+        .filter(|alert| alert.budget == soft.id())
+        .map(|alert| alert.threshold)
+        .collect();
+    soft_alerts.sort_unstable();
+    assert_eq!(soft_alerts, vec![75, 90, 100]);
+    // December (in Paris) is a new period for the task's budget.
+    let december = Timestamp::from_micros(now.as_micros() + 7 * DAY);
+    w.clock.set(december);
+    w.record(org, vec![event(100_000, 0, december)])
+        .await
+        .expect("a new month");
+    assert_eq!(spent(&task, december).await, 200_000);
+    // Deleted, it no longer refuses.
+    let deleted = w
+        .store()
+        .delete_budget(org, task.id(), &audit("budgets.delete"))
+        .await
+        .expect("deleted");
+    assert!(deleted);
+    w.record(org, vec![event(200_000, 0, december)])
+        .await
+        .expect("no budget");
+    assert_eq!(spent(&task, december).await, 200_000);
+    w.ledger.close().await;
+}
+
 on_both_backends!(
     charged_acquired_then_alloc_then_wallet,
     a_batch_that_cannot_be_paid_changes_nothing,
     concurrent_charges_never_overdraw,
+    a_hard_budget_is_never_overspent,
+    budgets_count_their_scope_and_period,
 );

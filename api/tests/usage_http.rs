@@ -1,7 +1,9 @@
 //! Usage over HTTP on both backends: a program with a `usage:write` key reports a call and is
 //! charged (attributed to its key); the same batch again answers the recorded charge (200); a
 //! batch the wallet cannot pay is refused with 402 problem+json and changes nothing; the org's
-//! members page through what was recorded, and a key without `read` cannot.
+//! owners set a hard budget for a task, a charge past it is refused with 402 `budget-exceeded`,
+//! and members read the budget's spend and the threshold it crossed; members page through
+//! what was recorded, and a key without `read` cannot.
 
 mod common;
 
@@ -189,10 +191,69 @@ async fn usage_through_http(db: &TestDb) {
         .contains("events[0].at"));
     assert_eq!(wallet().await, 4_800_000);
 
+    // A hard budget of 0.5 CR a month for the `triage` task (0.2 CR spent on it already this
+    // month is not counted: it predates the budget). 0.4 CR fits, 0.2 CR more does not.
+    let made = call(
+        &service,
+        request(
+            "POST",
+            &format!("/v1/orgs/{org}/budgets"),
+            &alice,
+            Some(
+                json!({"name": "triage", "scope": {"kind": "task", "task": "triage"},
+                "period": "month", "time_zone": "Europe/Paris", "limit_micro_cr": 500_000,
+                "hard": true}),
+            ),
+        ),
+    )
+    .await;
+    expect(&made, StatusCode::CREATED, "a budget");
+    assert_eq!(made.body["thresholds"], json!([75, 90, 100]));
+    let budget_id = made.body["id"].as_str().expect("an id").to_owned();
+    let triage = |id: &str, input_tokens: u64| {
+        json!({"events": [{"id": id, "model": "gpt-6-sol", "input_tokens": input_tokens,
+            "output_tokens": 0, "task": "triage"}]})
+    };
+    let fits = triage("0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e80", 200_000);
+    let answer = call(&service, request("POST", &usage, &key, Some(fits))).await;
+    expect(&answer, StatusCode::CREATED, "within the budget");
+    let over = triage("0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e81", 100_000);
+    let answer = call(&service, request("POST", &usage, &key, Some(over))).await;
+    expect(&answer, StatusCode::PAYMENT_REQUIRED, "past the budget");
+    assert_eq!(
+        answer.body["type"],
+        "https://credex.dev/problems/budget-exceeded"
+    );
+    assert!(answer.body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&budget_id));
+    assert_eq!(wallet().await, 4_400_000);
+    let budgets = call(
+        &service,
+        request("GET", &format!("/v1/orgs/{org}/budgets"), &alice, None),
+    )
+    .await;
+    expect(&budgets, StatusCode::OK, "budgets");
+    assert_eq!(budgets.body[0]["spent_micro_cr"], 400_000);
+    let alerts = call(
+        &service,
+        request(
+            "GET",
+            &format!("/v1/orgs/{org}/budget-alerts"),
+            &alice,
+            None,
+        ),
+    )
+    .await;
+    expect(&alerts, StatusCode::OK, "alerts");
+    assert_eq!(alerts.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(alerts.body[0]["threshold"], 75);
+
     // Members read the history; the usage key, without `read`, cannot.
     let page = call(&service, request("GET", &usage, &alice, None)).await;
     expect(&page, StatusCode::OK, "the history");
-    assert_eq!(page.body["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page.body["events"].as_array().map(Vec::len), Some(2));
     assert_eq!(page.body["events"][0]["task"], "triage");
     let denied = call(&service, request("GET", &usage, &key, None)).await;
     expect(&denied, StatusCode::FORBIDDEN, "a key without read");

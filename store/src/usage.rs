@@ -27,6 +27,7 @@ use credex_ledger::{AccountId, Balance, OrgId, Timestamp, Transfer, TransferId, 
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::identity::AuditEntry;
 use crate::StoreError;
 
 /// The most events one usage transaction records.
@@ -71,6 +72,41 @@ pub struct UsageRecord {
     pub transfer_ids: Vec<TransferId>,
 }
 
+/// A budget as stored (the service parses and checks it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetRecord {
+    pub id: Uuid,
+    pub org: OrgId,
+    pub name: String,
+    /// `org`, `user`, `api_key` or `task`.
+    pub scope_kind: String,
+    /// The user or key id, or the task label; none for the org.
+    pub scope_value: Option<String>,
+    /// `day`, `week`, `month` or `cycle`.
+    pub period: String,
+    /// An IANA time zone name.
+    pub time_zone: String,
+    pub limit_micro_cr: u64,
+    /// Percents, ascending.
+    pub thresholds: Vec<u32>,
+    pub hard: bool,
+    pub created_at: Timestamp,
+}
+
+/// A budget threshold crossed in a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetAlertRecord {
+    pub id: Uuid,
+    pub budget: Uuid,
+    pub org: OrgId,
+    pub period_start: Timestamp,
+    /// The percent crossed.
+    pub threshold: u32,
+    pub spent_micro_cr: u64,
+    pub limit_micro_cr: u64,
+    pub at: Timestamp,
+}
+
 /// What a usage transaction reads under the org's lock.
 #[derive(Debug, Clone, Default)]
 pub struct UsageReads {
@@ -78,6 +114,8 @@ pub struct UsageReads {
     pub events: Vec<Uuid>,
     /// Accounts whose current balances (sums of stripes) the decision needs.
     pub balances: Vec<AccountId>,
+    /// Budget periods (budget, period start) whose spend the decision needs.
+    pub spend: Vec<(Uuid, Timestamp)>,
 }
 
 /// What a usage transaction read, handed to its decision.
@@ -89,6 +127,8 @@ pub struct UsageView {
     pub recorded: HashMap<Uuid, UsageRecord>,
     /// Every account asked for (an account with no stripes yet has a zero balance).
     pub balances: HashMap<AccountId, Balance>,
+    /// What each budget period asked for has spent so far (0 when nothing yet).
+    pub spent: HashMap<(Uuid, Timestamp), u64>,
 }
 
 /// What a usage decision writes: one linked chain per charged event, and the events' rows.
@@ -96,6 +136,10 @@ pub struct UsageView {
 pub struct UsageWrite {
     pub chains: Vec<Vec<Transfer>>,
     pub records: Vec<UsageRecord>,
+    /// Budget periods' new totals: (budget, period start, spent).
+    pub spend: Vec<(Uuid, Timestamp, u64)>,
+    /// Thresholds crossed (each recorded once per budget, period and threshold).
+    pub alerts: Vec<BudgetAlertRecord>,
 }
 
 /// A decision's answer.
@@ -134,6 +178,31 @@ pub trait UsageStore: Send + Sync {
         decide: &mut UsageDecision<'_>,
     ) -> Result<UsageTxOutcome, StoreError>;
 
+    /// Adds a budget.
+    async fn put_budget(&self, budget: &BudgetRecord, audit: &AuditEntry)
+        -> Result<(), StoreError>;
+
+    /// An org's budgets (not deleted), oldest first.
+    async fn budgets_of(&self, org: OrgId) -> Result<Vec<BudgetRecord>, StoreError>;
+
+    /// Deletes an org's budget: it no longer counts or refuses. False when there is none.
+    async fn delete_budget(
+        &self,
+        org: OrgId,
+        id: Uuid,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+
+    /// What a budget spent in the period that starts at `period_start`.
+    async fn budget_spent(&self, id: Uuid, period_start: Timestamp) -> Result<u64, StoreError>;
+
+    /// An org's budget alerts, newest first, at most `limit`.
+    async fn budget_alerts(
+        &self,
+        org: OrgId,
+        limit: u32,
+    ) -> Result<Vec<BudgetAlertRecord>, StoreError>;
+
     /// An org's events that occurred in `[from, to)`, in (occurred, id) order after the cursor,
     /// at most `limit` ([`USAGE_PAGE_MAX`]).
     async fn usage_events(
@@ -162,9 +231,11 @@ macro_rules! shared_usage {
             use super::$store;
             use crate::market::{signed, transfer_ids, transfer_ids_json, unsigned};
             use crate::sql::Mode;
+            use crate::identity::{AuditEntry, UserId};
             use crate::usage::{
-                UsageDecision, UsageReads, UsageRecord, UsageStep, UsageStore, UsageTxOutcome,
-                UsageView, INSERT_ROWS_MAX, USAGE_BATCH_MAX, USAGE_PAGE_MAX,
+                BudgetAlertRecord, BudgetRecord, UsageDecision, UsageReads, UsageRecord,
+                UsageStep, UsageStore, UsageTxOutcome, UsageView, INSERT_ROWS_MAX,
+                USAGE_BATCH_MAX, USAGE_PAGE_MAX,
             };
             use crate::StoreError;
 
@@ -316,6 +387,112 @@ macro_rules! shared_usage {
                 Ok(())
             }
 
+            crate::sql::append_audit_fn!(StoreError);
+
+            const BUDGET_COLUMNS: &str = "id, org_id, name, scope_kind, scope_value, period, \
+                 time_zone, limit_micro_cr, thresholds, hard, created_at";
+
+            fn budget_record(row: &DbRow) -> Result<BudgetRecord, StoreError> {
+                let thresholds: String = row.try_get("thresholds")?;
+                Ok(BudgetRecord {
+                    id: row.try_get("id")?,
+                    org: crate::market::org_id(row.try_get("org_id")?)?,
+                    name: row.try_get("name")?,
+                    scope_kind: row.try_get("scope_kind")?,
+                    scope_value: row.try_get("scope_value")?,
+                    period: row.try_get("period")?,
+                    time_zone: row.try_get("time_zone")?,
+                    limit_micro_cr: unsigned(row.try_get("limit_micro_cr")?)?,
+                    thresholds: serde_json::from_str(&thresholds).map_err(StoreError::corrupt)?,
+                    hard: row.try_get("hard")?,
+                    created_at: Timestamp::from_micros(row.try_get("created_at")?),
+                })
+            }
+
+            fn alert_record(row: &DbRow) -> Result<BudgetAlertRecord, StoreError> {
+                Ok(BudgetAlertRecord {
+                    id: row.try_get("id")?,
+                    budget: row.try_get("budget_id")?,
+                    org: crate::market::org_id(row.try_get("org_id")?)?,
+                    period_start: Timestamp::from_micros(row.try_get("period_start")?),
+                    threshold: u32::try_from(row.try_get::<i32, _>("threshold")?)
+                        .map_err(StoreError::corrupt)?,
+                    spent_micro_cr: unsigned(row.try_get("spent_micro_cr")?)?,
+                    limit_micro_cr: unsigned(row.try_get("limit_micro_cr")?)?,
+                    at: Timestamp::from_micros(row.try_get("at")?),
+                })
+            }
+
+            async fn spent(
+                conn: &mut Connection,
+                keys: &[(Uuid, Timestamp)],
+            ) -> Result<HashMap<(Uuid, Timestamp), u64>, StoreError> {
+                let mut spent: HashMap<(Uuid, Timestamp), u64> =
+                    keys.iter().map(|key| (*key, 0)).collect();
+                let mut budgets: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+                budgets.sort_unstable();
+                budgets.dedup();
+                if budgets.is_empty() {
+                    return Ok(spent);
+                }
+                let sql = format!(
+                    "SELECT budget_id, period_start, spent_micro_cr FROM budget_spend WHERE {}",
+                    dialect::in_uuids("budget_id")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(&budgets))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                for row in &rows {
+                    let key = (
+                        row.try_get::<Uuid, _>("budget_id")?,
+                        Timestamp::from_micros(row.try_get("period_start")?),
+                    );
+                    if let Some(total) = spent.get_mut(&key) {
+                        *total = unsigned(row.try_get("spent_micro_cr")?)?;
+                    }
+                }
+                Ok(spent)
+            }
+
+            async fn write_spend(
+                conn: &mut Connection,
+                spend: &[(Uuid, Timestamp, u64)],
+                alerts: &[BudgetAlertRecord],
+            ) -> Result<(), StoreError> {
+                for (budget, period_start, total) in spend {
+                    sqlx::query(
+                        "INSERT INTO budget_spend (budget_id, period_start, spent_micro_cr) \
+                         VALUES ($1, $2, $3) ON CONFLICT (budget_id, period_start) \
+                         DO UPDATE SET spent_micro_cr = excluded.spent_micro_cr",
+                    )
+                    .bind(*budget)
+                    .bind(period_start.as_micros())
+                    .bind(signed(*total)?)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                for alert in alerts {
+                    sqlx::query(
+                        "INSERT INTO budget_alerts (id, budget_id, org_id, period_start, \
+                         threshold, spent_micro_cr, limit_micro_cr, at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (budget_id, period_start, threshold) DO NOTHING",
+                    )
+                    .bind(alert.id)
+                    .bind(alert.budget)
+                    .bind(alert.org.as_uuid())
+                    .bind(alert.period_start.as_micros())
+                    .bind(i32::try_from(alert.threshold).map_err(StoreError::corrupt)?)
+                    .bind(signed(alert.spent_micro_cr)?)
+                    .bind(signed(alert.limit_micro_cr)?)
+                    .bind(alert.at.as_micros())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            }
+
             impl $store {
                 async fn usage_tx_once(
                     &self,
@@ -341,6 +518,7 @@ macro_rules! shared_usage {
                         now,
                         recorded: recorded(&mut tx, org, &reads.events).await?,
                         balances: balances(&mut tx, &reads.balances).await?,
+                        spent: spent(&mut tx, &reads.spend).await?,
                     };
                     let UsageStep::Write(write) = decide(&view) else {
                         tx.rollback().await?;
@@ -371,6 +549,7 @@ macro_rules! shared_usage {
                         }
                     }
                     insert_records(&mut tx, &write.records).await?;
+                    write_spend(&mut tx, &write.spend, &write.alerts).await?;
                     tx.commit().await?;
                     Ok(UsageTxOutcome::Committed)
                 }
@@ -391,6 +570,113 @@ macro_rules! shared_usage {
                         self.usage_tx_once(org, reads, &mut **decide, mode).await
                     })
                     .await
+                }
+
+                async fn put_budget(
+                    &self,
+                    budget: &BudgetRecord,
+                    audit: &AuditEntry,
+                ) -> Result<(), StoreError> {
+                    let thresholds =
+                        serde_json::to_string(&budget.thresholds).map_err(StoreError::corrupt)?;
+                    self.retrying(Mode::Locked, |_| async {
+                        let mut tx = dialect::begin_write(&self.pool).await?;
+                        sqlx::query(
+                            "INSERT INTO budgets (id, org_id, name, scope_kind, scope_value, \
+                             period, time_zone, limit_micro_cr, thresholds, hard, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        )
+                        .bind(budget.id)
+                        .bind(budget.org.as_uuid())
+                        .bind(&budget.name)
+                        .bind(&budget.scope_kind)
+                        .bind(&budget.scope_value)
+                        .bind(&budget.period)
+                        .bind(&budget.time_zone)
+                        .bind(signed(budget.limit_micro_cr)?)
+                        .bind(&thresholds)
+                        .bind(budget.hard)
+                        .bind(budget.created_at.as_micros())
+                        .execute(&mut *tx)
+                        .await?;
+                        append_audit(&mut tx, audit).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                    .await
+                }
+
+                async fn budgets_of(&self, org: OrgId) -> Result<Vec<BudgetRecord>, StoreError> {
+                    let sql = format!(
+                        "SELECT {BUDGET_COLUMNS} FROM budgets WHERE org_id = $1 \
+                         AND deleted_at IS NULL ORDER BY created_at, id"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter().map(budget_record).collect()
+                }
+
+                async fn delete_budget(
+                    &self,
+                    org: OrgId,
+                    id: Uuid,
+                    audit: &AuditEntry,
+                ) -> Result<bool, StoreError> {
+                    self.retrying(Mode::Locked, |_| async {
+                        let mut tx = dialect::begin_write(&self.pool).await?;
+                        let deleted = sqlx::query(
+                            "UPDATE budgets SET deleted_at = $3 WHERE id = $1 AND org_id = $2 \
+                             AND deleted_at IS NULL",
+                        )
+                        .bind(id)
+                        .bind(org.as_uuid())
+                        .bind(audit.at().as_micros())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1;
+                        if deleted {
+                            append_audit(&mut tx, audit).await?;
+                        }
+                        tx.commit().await?;
+                        Ok(deleted)
+                    })
+                    .await
+                }
+
+                async fn budget_spent(
+                    &self,
+                    id: Uuid,
+                    period_start: Timestamp,
+                ) -> Result<u64, StoreError> {
+                    let spent: Option<i64> = sqlx::query_scalar(
+                        "SELECT spent_micro_cr FROM budget_spend \
+                         WHERE budget_id = $1 AND period_start = $2",
+                    )
+                    .bind(id)
+                    .bind(period_start.as_micros())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    spent.map_or(Ok(0), unsigned)
+                }
+
+                async fn budget_alerts(
+                    &self,
+                    org: OrgId,
+                    limit: u32,
+                ) -> Result<Vec<BudgetAlertRecord>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT id, budget_id, org_id, period_start, threshold, spent_micro_cr, \
+                         limit_micro_cr, at FROM budget_alerts WHERE org_id = $1 \
+                         ORDER BY at DESC, id DESC LIMIT $2",
+                    )
+                    .bind(org.as_uuid())
+                    .bind(i64::from(limit.clamp(1, USAGE_PAGE_MAX)))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(alert_record).collect()
                 }
 
                 async fn usage_events(

@@ -2,6 +2,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod budgets;
 pub mod cycles;
 pub mod estimate;
 pub mod health;

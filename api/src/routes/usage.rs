@@ -223,7 +223,7 @@ fn parse_event(
     let id = input::uuid(&body.id)
         .filter(|id| !id.is_nil() && !id.is_max())
         .ok_or_else(|| invalid(&field(index, "id"), "a UUID, neither nil nor max"))?;
-    if body.model.is_empty() || body.model.len() > 128 {
+    if body.model.is_empty() || body.model.chars().count() > 128 {
         return Err(invalid(&field(index, "model"), "1 to 128 characters"));
     }
     let counts = [
@@ -289,6 +289,7 @@ fn usage_error(error: UsageError) -> actix_web::Error {
         E::Price { error, .. } => error.kind,
         E::Conflict { .. } | E::Ledger(_) => ProblemKind::Conflict,
         E::InsufficientFunds { .. } | E::TooCostly { .. } => ProblemKind::PaymentRequired,
+        E::BudgetExceeded { .. } => ProblemKind::BudgetExceeded,
         E::NoOrg => ProblemKind::NotFound,
     };
     ApiError::new(kind, detail).into()
@@ -337,7 +338,7 @@ fn batch_view(recorded: &[RecordedUsage]) -> UsageBatchView {
         (status = 200, description = "Every event had been recorded before: their charges", body = UsageBatchView),
         (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 402, description = "The org's balances cannot pay for an event (the detail names it and what it needs), or one call costs more than a charge can carry: nothing was charged", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "Nothing was charged: the org's balances cannot pay for an event (`payment-required`; the detail names it and what it needs, or says one call costs more than a charge can carry), or an event would take a hard budget past its limit for the period (`budget-exceeded`; the detail names the event and the budget)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An API key without `usage:write`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org, or no model has an event's name (the detail names the event)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An event id was recorded before with other values, or the balances changed under the batch several times running", body = Problem, content_type = "application/problem+json"),
