@@ -562,8 +562,8 @@ async fn estimates_count_price_and_fund(db: &TestDb) {
         micro
     );
     assert_eq!(text(&answer, "/cost/cr_face_value_usd"), "1");
-    assert_eq!(answer.body["budgets"]["evaluated"], false);
-    assert!(answer.body["budgets"]["reason"].is_string());
+    assert_eq!(answer.body["budgets"]["allowed"], true);
+    assert_eq!(answer.body["budgets"]["applying"], json!([]));
     assert_eq!(text(&answer, "/at"), "2026-11-26T00:00:00Z");
 
     // Nothing to pay with yet.

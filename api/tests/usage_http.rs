@@ -257,6 +257,47 @@ async fn usage_through_http(db: &TestDb) {
     assert_eq!(page.body["events"][0]["task"], "triage");
     let denied = call(&service, request("GET", &usage, &key, None)).await;
     expect(&denied, StatusCode::FORBIDDEN, "a key without read");
+
+    // A cost preview says which budgets apply and whether they allow the call: an org-wide
+    // hard budget of 0.01 CR does not allow 1,000 output tokens at $10 per 1M.
+    let made = call(
+        &service,
+        request(
+            "POST",
+            &format!("/v1/orgs/{org}/budgets"),
+            &alice,
+            Some(
+                json!({"name": "tight", "scope": {"kind": "org"}, "period": "day",
+                "limit_micro_cr": 10_000, "hard": true}),
+            ),
+        ),
+    )
+    .await;
+    expect(&made, StatusCode::CREATED, "an org budget");
+    let preview = call(
+        &service,
+        request(
+            "POST",
+            "/v1/estimate",
+            &alice,
+            Some(
+                json!({"org_id": org, "model": "gpt-6-sol", "prompt": "hello",
+                "expected_output_tokens": 1_000}),
+            ),
+        ),
+    )
+    .await;
+    expect(&preview, StatusCode::OK, "a preview");
+    let budgets = &preview.body["budgets"];
+    assert_eq!(budgets["allowed"], false, "{budgets}");
+    let applying = budgets["applying"].as_array().expect("a list");
+    assert_eq!(
+        applying.len(),
+        1,
+        "the task budget does not apply: {budgets}"
+    );
+    assert_eq!(applying[0]["name"], "tight");
+    assert_eq!(applying[0]["allows"], false);
     fixture.close().await;
 }
 

@@ -375,11 +375,68 @@ pub struct EstimateFunding {
 /// Whether budgets allow the call.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EstimateBudgets {
-    /// False until budgets exist; then true, with the budgets that apply and whether each
-    /// allows the call.
-    pub evaluated: bool,
-    /// Why budgets were not evaluated.
-    pub reason: String,
+    /// Whether every hard budget that applies would allow the call at `at` (soft budgets only
+    /// alert).
+    pub allowed: bool,
+    /// The budgets that apply to the caller's calls: the org's, and those of the calling user
+    /// or API key (task budgets apply to calls that carry the task, which a preview does not).
+    pub applying: Vec<EstimateBudget>,
+}
+
+/// One budget that applies to the call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimateBudget {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub name: String,
+    pub hard: bool,
+    pub limit_micro_cr: u64,
+    /// Spent in the period `at` falls in.
+    pub spent_micro_cr: u64,
+    /// Spent with this call too.
+    pub after_micro_cr: u64,
+    /// Whether it allows the call (always for a soft budget).
+    pub allows: bool,
+}
+
+/// The budgets that apply to a call by `caller` in `org` costing `micro_cr` at `at`.
+async fn budgets(
+    store: &dyn credex_store::Store,
+    org: OrgId,
+    caller: (Option<uuid::Uuid>, Option<uuid::Uuid>),
+    at: Timestamp,
+    micro_cr: u64,
+) -> Result<EstimateBudgets, actix_web::Error> {
+    let (user, key) = caller;
+    let mut applying = Vec::new();
+    for record in store
+        .budgets_of(org)
+        .await
+        .map_err(|error| internal(&error))?
+    {
+        let budget = crate::budgets::Budget::parse(&record).map_err(|error| internal(&error))?;
+        if !budget.applies(user, key, None) {
+            continue;
+        }
+        let spent = store
+            .budget_spent(budget.id(), budget.period_start(at))
+            .await
+            .map_err(|error| internal(&error))?;
+        let after = spent.saturating_add(micro_cr);
+        applying.push(EstimateBudget {
+            id: budget.id().to_string(),
+            name: budget.name().to_owned(),
+            hard: budget.is_hard(),
+            limit_micro_cr: budget.limit_micro_cr(),
+            spent_micro_cr: spent,
+            after_micro_cr: after,
+            allows: !budget.is_hard() || after <= budget.limit_micro_cr(),
+        });
+    }
+    Ok(EstimateBudgets {
+        allowed: applying.iter().all(|budget| budget.allows),
+        applying,
+    })
 }
 
 /// A cost preview.
@@ -536,8 +593,8 @@ fn instant(at: Option<&str>, now: Timestamp) -> Result<Timestamp, actix_web::Err
     Ok(at)
 }
 
-/// Previews a call: its tokens, the price and cost, which balance would pay, and (once budgets
-/// exist) whether budgets allow it. A member of the org, or an API key with the `read` scope.
+/// Previews a call: its tokens, the price and cost, which balance would pay, and whether the
+/// budgets that apply allow it. A member of the org, or an API key with the `read` scope.
 #[utoipa::path(
     post,
     path = "/v1/estimate",
@@ -591,7 +648,12 @@ pub async fn estimate(
             format!("at most the prompt's {prompt_tokens} tokens"),
         )
     })?;
-    let view = preview(&state, access.org, at, &resolved, counted, usage, &accounts)?;
+    let caller = match &access.caller {
+        Caller::Key(key) => (None, Some(key.id.as_uuid())),
+        Caller::User { user, .. } => (Some(user.id.as_uuid()), None),
+    };
+    let mut view = preview(&state, access.org, at, &resolved, counted, usage, &accounts)?;
+    view.budgets = budgets(store, access.org, caller, at, view.cost.total_micro_cr).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -656,10 +718,8 @@ fn preview(
         },
         funding: funding(accounts, &token_asset, total_tokens, micro_cr),
         budgets: EstimateBudgets {
-            evaluated: false,
-            reason: "budgets are not built yet; once they exist this says whether every \
-                     budget that applies allows the call"
-                .to_owned(),
+            allowed: true,
+            applying: Vec::new(),
         },
     })
 }
