@@ -93,6 +93,8 @@ use crate::routes;
         routes::review::org_review_flags,
         routes::usage::record_usage,
         routes::usage::list_usage,
+        routes::usage::usage_totals,
+        routes::usage::export_usage,
         routes::budgets::create_budget,
         routes::budgets::budgets,
         routes::budgets::get_budget,

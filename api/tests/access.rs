@@ -199,6 +199,8 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
             ),
         ),
         ("list_usage", Who::Member, None),
+        ("usage_totals", Who::Member, None),
+        ("export_usage", Who::Member, None),
         (
             "create_budget",
             Who::Owner,

@@ -298,6 +298,67 @@ async fn usage_through_http(db: &TestDb) {
     );
     assert_eq!(applying[0]["name"], "tight");
     assert_eq!(applying[0]["allows"], false);
+
+    // Analytics: totals by task (costliest first) and over all; by day.
+    let totals = call(
+        &service,
+        request(
+            "GET",
+            &format!("{usage}/totals?group_by=task"),
+            &alice,
+            None,
+        ),
+    )
+    .await;
+    expect(&totals, StatusCode::OK, "totals");
+    assert_eq!(totals.body["groups"][0]["key"], "triage", "{}", totals.body);
+    assert_eq!(totals.body["groups"][0]["events"], 2);
+    assert_eq!(totals.body["groups"][0]["cost_micro_cr"], 600_000);
+    assert_eq!(totals.body["total"]["events"], 2);
+    let by_day = call(
+        &service,
+        request(
+            "GET",
+            &format!("{usage}/totals?group_by=day&model=gpt-6-sol"),
+            &alice,
+            None,
+        ),
+    )
+    .await;
+    expect(&by_day, StatusCode::OK, "by day");
+    assert_eq!(
+        by_day.body["groups"][0]["key"], "2026-11-26",
+        "{}",
+        by_day.body
+    );
+    let bad = call(
+        &service,
+        request(
+            "GET",
+            &format!("{usage}/totals?group_by=day&user_id=nope"),
+            &alice,
+            None,
+        ),
+    )
+    .await;
+    expect(&bad, StatusCode::UNPROCESSABLE_ENTITY, "a bad filter");
+
+    // The CSV export: a header and one line per call.
+    let response = test::call_service(
+        &service,
+        request("GET", &format!("/v1/orgs/{org}/usage.csv"), &alice, None)
+            .peer_addr("198.51.100.9:40000".parse().expect("an address"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = test::read_body(response).await;
+    let text = String::from_utf8(body.to_vec()).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("id,occurred_at,"));
+    assert!(lines[1].contains(",gpt-6-sol,pro,"), "{}", lines[1]);
+    assert!(lines[1].contains("\"{\"\"ticket\"\":42}\""), "{}", lines[1]);
     fixture.close().await;
 }
 

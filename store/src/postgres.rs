@@ -70,6 +70,12 @@ mod dialect {
 
     /// Whether large batches write their journal rows before taking balance locks.
     pub const SPECULATE: bool = true;
+    /// `usage_events.user_id` and `api_key_id` as text, and the UTC day of `occurred_at`
+    /// (µs since the epoch) as `YYYY-MM-DD`.
+    pub const UUID_TEXT_USER: &str = "CAST(user_id AS TEXT)";
+    pub const UUID_TEXT_API_KEY: &str = "CAST(api_key_id AS TEXT)";
+    pub const UTC_DAY_OF_OCCURRED_AT: &str =
+        "to_char(to_timestamp(occurred_at / 1000000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
     pub const FOR_NO_KEY_UPDATE: &str = " FOR NO KEY UPDATE";
     pub const FOR_UPDATE: &str = " FOR UPDATE";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";

@@ -88,6 +88,18 @@ mod dialect {
 
     /// Whether large batches write their journal rows before taking balance locks.
     pub const SPECULATE: bool = false;
+    /// `usage_events.user_id` and `api_key_id` (16-byte blobs) as hyphenated lowercase text,
+    /// and the UTC day of `occurred_at` (µs since the epoch) as `YYYY-MM-DD`.
+    pub const UUID_TEXT_USER: &str = "CASE WHEN user_id IS NULL THEN NULL ELSE \
+         lower(substr(hex(user_id), 1, 8) || '-' || substr(hex(user_id), 9, 4) || '-' || \
+         substr(hex(user_id), 13, 4) || '-' || substr(hex(user_id), 17, 4) || '-' || \
+         substr(hex(user_id), 21)) END";
+    pub const UUID_TEXT_API_KEY: &str = "CASE WHEN api_key_id IS NULL THEN NULL ELSE \
+         lower(substr(hex(api_key_id), 1, 8) || '-' || substr(hex(api_key_id), 9, 4) || '-' || \
+         substr(hex(api_key_id), 13, 4) || '-' || substr(hex(api_key_id), 17, 4) || '-' || \
+         substr(hex(api_key_id), 21)) END";
+    pub const UTC_DAY_OF_OCCURRED_AT: &str =
+        "strftime('%Y-%m-%d', occurred_at / 1000000, 'unixepoch')";
     pub const FOR_NO_KEY_UPDATE: &str = "";
     pub const FOR_UPDATE: &str = "";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = "";

@@ -107,6 +107,51 @@ pub struct BudgetAlertRecord {
     pub at: Timestamp,
 }
 
+/// How usage totals are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Model,
+    Class,
+    User,
+    ApiKey,
+    Task,
+    Conversation,
+    /// The UTC day the call happened.
+    Day,
+    /// One group of every event: the totals.
+    All,
+}
+
+/// Which events usage totals count (every field narrows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageFilter {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    pub model: Option<String>,
+    pub class: Option<String>,
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+    pub task: Option<String>,
+    pub conversation: Option<String>,
+}
+
+/// One group's totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UsageTotal {
+    /// The group's key as text (a model id, a UUID, a label, a day `YYYY-MM-DD`), none for
+    /// events without one (no user, say).
+    pub key: Option<String>,
+    pub events: u64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micro_cr: u64,
+    pub from_acquired: u64,
+    pub from_alloc: u64,
+    pub from_wallet_micro_cr: u64,
+}
+
 /// What a usage transaction reads under the org's lock.
 #[derive(Debug, Clone, Default)]
 pub struct UsageReads {
@@ -203,6 +248,16 @@ pub trait UsageStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<BudgetAlertRecord>, StoreError>;
 
+    /// Totals of an org's events that pass `filter`, per group, costliest first, at most
+    /// `limit` groups ([`USAGE_PAGE_MAX`]).
+    async fn usage_totals(
+        &self,
+        org: OrgId,
+        filter: &UsageFilter,
+        group: UsageGroup,
+        limit: u32,
+    ) -> Result<Vec<UsageTotal>, StoreError>;
+
     /// An org's events that occurred in `[from, to)`, in (occurred, id) order after the cursor,
     /// at most `limit` ([`USAGE_PAGE_MAX`]).
     async fn usage_events(
@@ -233,6 +288,7 @@ macro_rules! shared_usage {
             use crate::sql::Mode;
             use crate::identity::{AuditEntry, UserId};
             use crate::usage::{
+                UsageFilter, UsageGroup, UsageTotal,
                 BudgetAlertRecord, BudgetRecord, UsageDecision, UsageReads, UsageRecord,
                 UsageStep, UsageStore, UsageTxOutcome, UsageView, INSERT_ROWS_MAX,
                 USAGE_BATCH_MAX, USAGE_PAGE_MAX,
@@ -677,6 +733,79 @@ macro_rules! shared_usage {
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(alert_record).collect()
+                }
+
+                async fn usage_totals(
+                    &self,
+                    org: OrgId,
+                    filter: &UsageFilter,
+                    group: UsageGroup,
+                    limit: u32,
+                ) -> Result<Vec<UsageTotal>, StoreError> {
+                    // The grouping column is one of these fixed expressions, never the caller's
+                    // text; the day is the UTC day of the call (micros since the epoch).
+                    let key = match group {
+                        UsageGroup::Model => "model",
+                        UsageGroup::Class => "class",
+                        UsageGroup::User => dialect::UUID_TEXT_USER,
+                        UsageGroup::ApiKey => dialect::UUID_TEXT_API_KEY,
+                        UsageGroup::Task => "task",
+                        UsageGroup::Conversation => "conversation",
+                        UsageGroup::Day => dialect::UTC_DAY_OF_OCCURRED_AT,
+                        UsageGroup::All => "'all'",
+                    };
+                    let sum = |column: &str| {
+                        format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT) AS {column}")
+                    };
+                    let sql = format!(
+                        "SELECT {key} AS group_key, COUNT(*) AS events, {}, {}, {}, {}, {}, {}, \
+                         {}, {} FROM usage_events WHERE org_id = $1 \
+                         AND occurred_at >= $2 AND occurred_at < $3 \
+                         AND ($4 IS NULL OR model = $4) AND ($5 IS NULL OR class = $5) \
+                         AND ($6 IS NULL OR user_id = $6) AND ($7 IS NULL OR api_key_id = $7) \
+                         AND ($8 IS NULL OR task = $8) AND ($9 IS NULL OR conversation = $9) \
+                         GROUP BY group_key ORDER BY cost_micro_cr DESC, group_key LIMIT $10",
+                        sum("input_tokens"),
+                        sum("cached_input_tokens"),
+                        sum("cache_write_tokens"),
+                        sum("output_tokens"),
+                        sum("cost_micro_cr"),
+                        sum("from_acquired"),
+                        sum("from_alloc"),
+                        sum("from_wallet_micro_cr"),
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(filter.from.map_or(i64::MIN, Timestamp::as_micros))
+                        .bind(filter.to.map_or(i64::MAX, Timestamp::as_micros))
+                        .bind(filter.model.as_deref())
+                        .bind(filter.class.as_deref())
+                        .bind(filter.user)
+                        .bind(filter.api_key)
+                        .bind(filter.task.as_deref())
+                        .bind(filter.conversation.as_deref())
+                        .bind(i64::from(limit.clamp(1, USAGE_PAGE_MAX)))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let count = |column: &str| -> Result<u64, StoreError> {
+                                unsigned(row.try_get::<i64, _>(column)?)
+                            };
+                            Ok(UsageTotal {
+                                key: row.try_get("group_key")?,
+                                events: count("events")?,
+                                input_tokens: count("input_tokens")?,
+                                cached_input_tokens: count("cached_input_tokens")?,
+                                cache_write_tokens: count("cache_write_tokens")?,
+                                output_tokens: count("output_tokens")?,
+                                cost_micro_cr: count("cost_micro_cr")?,
+                                from_acquired: count("from_acquired")?,
+                                from_alloc: count("from_alloc")?,
+                                from_wallet_micro_cr: count("from_wallet_micro_cr")?,
+                            })
+                        })
+                        .collect()
                 }
 
                 async fn usage_events(

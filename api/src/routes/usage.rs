@@ -473,14 +473,334 @@ pub async fn list_usage(
 }
 
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.service(
-        web::resource("/v1/orgs/{org_id}/usage")
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(USAGE_BODY_MAX)
-                    .error_handler(crate::problem::json_error),
-            )
-            .route(web::get().to(list_usage))
-            .route(web::post().to(record_usage)),
+    config
+        .service(
+            web::resource("/v1/orgs/{org_id}/usage")
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(USAGE_BODY_MAX)
+                        .error_handler(crate::problem::json_error),
+                )
+                .route(web::get().to(list_usage))
+                .route(web::post().to(record_usage)),
+        )
+        .service(web::resource("/v1/orgs/{org_id}/usage/totals").route(web::get().to(usage_totals)))
+        .service(web::resource("/v1/orgs/{org_id}/usage.csv").route(web::get().to(export_usage)));
+}
+
+/// How usage totals are grouped.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    Model,
+    Class,
+    User,
+    ApiKey,
+    Task,
+    Conversation,
+    /// The UTC day of the call, `YYYY-MM-DD`.
+    Day,
+}
+
+/// Which events to total, and how.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TotalsQuery {
+    /// How the totals are grouped (required; checked after the caller's access, so that a
+    /// caller without access learns nothing from a malformed query).
+    #[param(required = true, inline)]
+    group_by: Option<GroupBy>,
+    /// Calls at or after this instant.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Calls before this instant.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Only this model id.
+    #[param(min_length = 1, max_length = 128)]
+    model: Option<String>,
+    /// Only this class.
+    #[param(min_length = 1, max_length = 64)]
+    class: Option<String>,
+    #[param(format = Uuid)]
+    user_id: Option<String>,
+    #[param(format = Uuid)]
+    api_key_id: Option<String>,
+    #[param(min_length = 1, max_length = 200)]
+    task: Option<String>,
+    #[param(min_length = 1, max_length = 200)]
+    conversation: Option<String>,
+    /// The costliest groups only (1 to 1,000; default 100).
+    #[serde(deserialize_with = "integer::optional_in_query", default)]
+    #[param(minimum = 1, maximum = 1000)]
+    top: Option<u32>,
+}
+
+/// One group's totals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageTotalView {
+    /// The group: a model id, class, user or key id, task, conversation or day; none for
+    /// calls without one (no user, say).
+    pub key: Option<String>,
+    pub events: u64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micro_cr: u64,
+    pub from_acquired: u64,
+    pub from_alloc: u64,
+    pub from_wallet_micro_cr: u64,
+}
+
+impl From<&credex_store::UsageTotal> for UsageTotalView {
+    fn from(total: &credex_store::UsageTotal) -> Self {
+        Self {
+            key: total.key.clone(),
+            events: total.events,
+            input_tokens: total.input_tokens,
+            cached_input_tokens: total.cached_input_tokens,
+            cache_write_tokens: total.cache_write_tokens,
+            output_tokens: total.output_tokens,
+            cost_micro_cr: total.cost_micro_cr,
+            from_acquired: total.from_acquired,
+            from_alloc: total.from_alloc,
+            from_wallet_micro_cr: total.from_wallet_micro_cr,
+        }
+    }
+}
+
+/// Totals per group, and over every matching call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageTotalsView {
+    pub group_by: GroupBy,
+    /// The costliest groups first.
+    pub groups: Vec<UsageTotalView>,
+    /// Every matching call, whatever its group.
+    pub total: UsageTotalView,
+}
+
+fn optional_instant(field: &str, raw: Option<&str>) -> Result<Option<Timestamp>, actix_web::Error> {
+    raw.map(|text| input::instant(field, text)).transpose()
+}
+
+fn query_uuid(field: &str, raw: Option<&str>) -> Result<Option<uuid::Uuid>, actix_web::Error> {
+    raw.map(|text| input::uuid(text).ok_or_else(|| invalid(field, "not a UUID")))
+        .transpose()
+}
+
+/// Tokens and cost of the org's calls grouped by model, class, user, API key, task,
+/// conversation or day, with filters; the costliest groups first (members; API keys need
+/// `read`).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/usage/totals",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org"), TotalsQuery),
+    responses(
+        (status = 200, description = "Totals per group and over all", body = UsageTotalsView),
+        (status = 400, description = "A query string that does not parse", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A filter is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn usage_totals(
+    access: OrgAccess<Read>,
+    query: web::Query<TotalsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    use credex_store::{UsageFilter, UsageGroup};
+    let query = query.into_inner();
+    let filter = UsageFilter {
+        from: optional_instant("from", query.from.as_deref())?,
+        to: optional_instant("to", query.to.as_deref())?,
+        model: query.model,
+        class: query.class,
+        user: query_uuid("user_id", query.user_id.as_deref())?,
+        api_key: query_uuid("api_key_id", query.api_key_id.as_deref())?,
+        task: query.task,
+        conversation: query.conversation,
+    };
+    let top = query.top.unwrap_or(100);
+    if !(1..=USAGE_PAGE_MAX).contains(&top) {
+        return Err(invalid("top", "1 to 1000"));
+    }
+    let Some(group_by) = query.group_by else {
+        return Err(invalid(
+            "group_by",
+            "one of model, class, user, api_key, task, conversation, day",
+        ));
+    };
+    let group = match group_by {
+        GroupBy::Model => UsageGroup::Model,
+        GroupBy::Class => UsageGroup::Class,
+        GroupBy::User => UsageGroup::User,
+        GroupBy::ApiKey => UsageGroup::ApiKey,
+        GroupBy::Task => UsageGroup::Task,
+        GroupBy::Conversation => UsageGroup::Conversation,
+        GroupBy::Day => UsageGroup::Day,
+    };
+    let store = state.ledger.store();
+    let groups = store
+        .usage_totals(access.org, &filter, group, top)
+        .await
+        .map_err(|error| internal(&error))?;
+    let total = store
+        .usage_totals(access.org, &filter, UsageGroup::All, 1)
+        .await
+        .map_err(|error| internal(&error))?
+        .pop()
+        .unwrap_or_default();
+    let mut total = UsageTotalView::from(&total);
+    total.key = None;
+    Ok(HttpResponse::Ok().json(UsageTotalsView {
+        group_by,
+        groups: groups.iter().map(UsageTotalView::from).collect(),
+        total,
+    }))
+}
+
+/// Which events to export.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// Calls at or after this instant (default: the beginning).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Calls before this instant (default: the end of time).
+    #[param(format = DateTime)]
+    to: Option<String>,
+}
+
+/// The CSV header of an export.
+const CSV_HEADER: &str = "id,occurred_at,recorded_at,model,class,asset,input_tokens,\
+cached_input_tokens,cache_write_tokens,output_tokens,cost_micro_cr,from_acquired,from_alloc,\
+from_wallet_micro_cr,price_source,user_id,api_key_id,task,conversation,metadata\r\n";
+
+/// A CSV field: quoted when it holds a comma, quote or line break; a text that a spreadsheet
+/// would run as a formula (`=`, `+`, `-`, `@`, tab, carriage return first) gets a leading `'`.
+fn csv_field(out: &mut String, text: &str) {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = formula || text.contains([',', '"', '\n', '\r']);
+    if quote {
+        out.push('"');
+    }
+    if formula {
+        out.push('\'');
+    }
+    for c in text.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    if quote {
+        out.push('"');
+    }
+}
+
+fn csv_row(out: &mut String, record: &UsageRecord) {
+    let numbers = [
+        record.input_tokens,
+        record.cached_input_tokens,
+        record.cache_write_tokens,
+        record.output_tokens,
+        record.cost_micro_cr,
+        record.from_acquired,
+        record.from_alloc,
+        record.from_wallet_micro_cr,
+    ];
+    let mut fields: Vec<String> = vec![
+        record.id.to_string(),
+        rfc3339(record.occurred_at),
+        rfc3339(record.recorded_at),
+        record.model.clone(),
+        record.class.clone(),
+        record.asset.clone(),
+    ];
+    fields.extend(numbers.iter().map(ToString::to_string));
+    fields.push(record.price_source.clone());
+    fields.push(record.user.map(|id| id.to_string()).unwrap_or_default());
+    fields.push(record.api_key.map(|id| id.to_string()).unwrap_or_default());
+    fields.push(record.task.clone().unwrap_or_default());
+    fields.push(record.conversation.clone().unwrap_or_default());
+    fields.push(record.metadata.clone().unwrap_or_default());
+    for (index, field) in fields.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        csv_field(out, field);
+    }
+    out.push_str("\r\n");
+}
+
+/// The org's calls in a range as CSV (RFC 4180), streamed a page at a time, oldest first
+/// (members; API keys need `read`).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/usage.csv",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org"), ExportQuery),
+    responses(
+        (status = 200, description = "Every call in the range, one per line after a header", body = String, content_type = "text/csv"),
+        (status = 400, description = "A query string that does not parse", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bound is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn export_usage(
+    access: OrgAccess<Read>,
+    query: web::Query<ExportQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let from = optional_instant("from", query.from.as_deref())?
+        .unwrap_or(Timestamp::from_micros(i64::MIN));
+    let to =
+        optional_instant("to", query.to.as_deref())?.unwrap_or(Timestamp::from_micros(i64::MAX));
+    let store = state.ledger.store().clone();
+    let org = access.org;
+    // (the cursor after the last row sent, whether the header went, whether the end was met)
+    let pages = futures::stream::try_unfold(
+        (None, false, false),
+        move |(after, header_sent, done): (Option<(Timestamp, uuid::Uuid)>, bool, bool)| {
+            let store = store.clone();
+            async move {
+                if done {
+                    return Ok::<_, actix_web::Error>(None);
+                }
+                let mut out = String::new();
+                if !header_sent {
+                    out.push_str(CSV_HEADER);
+                }
+                let page = store
+                    .usage_events(org, from, to, after, USAGE_PAGE_MAX)
+                    .await
+                    .map_err(|error| internal(&error))?;
+                for record in &page {
+                    csv_row(&mut out, record);
+                }
+                let full = page.len() == usize::try_from(USAGE_PAGE_MAX).unwrap_or(usize::MAX);
+                let next = page
+                    .last()
+                    .map(|last| (last.occurred_at, last.id))
+                    .or(after);
+                Ok(Some((web::Bytes::from(out), (next, true, !full))))
+            }
+        },
     );
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            "attachment; filename=\"usage.csv\"",
+        ))
+        .streaming(pages))
 }
