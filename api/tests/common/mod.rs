@@ -12,6 +12,7 @@ use credex_ledger::{ManualClock, Timestamp};
 use credex_tests::TestDb;
 use serde_json::{json, Value};
 
+pub mod process;
 pub mod servers;
 
 pub const ADMIN: &str = "ops@provider.example";
