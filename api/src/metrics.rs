@@ -81,7 +81,17 @@ pub struct Metrics {
     http: Mutex<HttpSeries>,
     transfers: Mutex<Family<u64>>,
     pools: Mutex<Family<PoolGauge>>,
+    /// Counters whose totals are kept elsewhere and set at each scrape, by name.
+    counters: Mutex<BTreeMap<&'static str, Counter>>,
     collectors: Mutex<Vec<Collector>>,
+}
+
+/// A counter family set from totals kept elsewhere ([`Metrics::set_counter`]).
+#[derive(Debug, Default)]
+struct Counter {
+    help: &'static str,
+    labels: Vec<&'static str>,
+    family: Family<u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -201,6 +211,7 @@ impl Metrics {
             http: Mutex::default(),
             transfers: Mutex::default(),
             pools: Mutex::default(),
+            counters: Mutex::default(),
             collectors: Mutex::default(),
         }
     }
@@ -258,6 +269,29 @@ impl Metrics {
                 in_use: size.saturating_sub(idle),
             };
         }
+    }
+
+    /// Sets the counter `name{labels}` to a total counted elsewhere (read at each scrape). The
+    /// first call names the family's help text and label names; label values beyond the
+    /// series limit fall into the overflow series.
+    pub fn set_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        total: u64,
+    ) {
+        let mut counters = lock(&self.counters);
+        let counter = counters.entry(name).or_insert_with(|| Counter {
+            help,
+            labels: labels.iter().map(|(label, _)| *label).collect(),
+            family: Family::default(),
+        });
+        let key = labels
+            .iter()
+            .map(|(_, value)| (*value).to_owned())
+            .collect();
+        *counter.family.series_or_overflow(key, self.limit) = total;
     }
 
     /// Runs `collector` at the start of every [`render`](Self::render), so that gauges such as
@@ -342,6 +376,17 @@ impl Metrics {
                         &[("backend", labels[0]), ("state", state)],
                         &value.to_string(),
                     );
+                }
+            }
+        }
+        {
+            let counters = lock(&self.counters);
+            for (name, counter) in counters.iter() {
+                header(&mut out, name, "counter", counter.help);
+                for (values, total) in counter.family.each(counter.labels.len()) {
+                    let labels: Vec<(&str, &str)> =
+                        counter.labels.iter().copied().zip(values).collect();
+                    sample(&mut out, name, &labels, &total.to_string());
                 }
             }
         }

@@ -25,10 +25,12 @@ use crate::ratelimit::{Limit, RateLimiter, RateLimits};
 use crate::{catalog, jobs, metrics, openapi, problem, ratelimit, routes};
 
 /// The metrics registry, sampling the ledger's counters and its database pool at each scrape.
-fn observed(ledger: &Arc<Ledger>) -> Metrics {
+fn observed(ledger: &Arc<Ledger>, usage: &Arc<crate::usage::Usage>) -> Metrics {
     let metrics = Metrics::new();
     let ledger = ledger.clone();
+    let usage = usage.clone();
     metrics.on_render(move |metrics| {
+        usage.counters().render(metrics);
         for (code, result, total) in ledger.transfer_counts() {
             metrics.set_transfers_total(code, result, total);
         }
@@ -83,16 +85,17 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         Alerts::new(config.smtp.as_ref(), config.webhooks_allow_private)
             .map_err(|error| anyhow::anyhow!("the SMTP configuration: {error}"))?,
     );
+    let usage = Arc::new(crate::usage::Usage::new(
+        ledger.clone(),
+        config.cr_face_value,
+    ));
     let parts = Parts {
         state: web::Data::new(AppState {
             ledger: ledger.clone(),
             cr_face_value: config.cr_face_value,
             market: market.clone(),
             alerts: alerts.clone(),
-            usage: Arc::new(crate::usage::Usage::new(
-                ledger.clone(),
-                config.cr_face_value,
-            )),
+            usage: usage.clone(),
             market_velocity: Arc::new(RateLimiter::new(
                 Limit::new(
                     config.market_orders_per_minute,
@@ -105,7 +108,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             store: store.clone(),
             sessions: Sessions::new(keys, store.clock().clone()),
         }),
-        metrics: web::Data::new(observed(&ledger)),
+        metrics: web::Data::new(observed(&ledger, &usage)),
         limits: web::Data::new(RateLimits::default()),
     };
     Ok(Assembled {

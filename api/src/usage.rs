@@ -185,12 +185,68 @@ struct Priced {
     accounts: EventAccounts,
 }
 
+/// What this process recorded since it started, for `/metrics`: per model class, calls and
+/// tokens and cost charged; refusals by reason; budget thresholds crossed.
+#[derive(Debug, Default, Clone)]
+pub struct UsageCounts {
+    /// By class: (calls, [input, cached input, cache write, output] tokens, µCR).
+    pub by_class: std::collections::BTreeMap<String, (u64, [u64; 4], u64)>,
+    /// By reason (`insufficient_funds`, `budget_exceeded`, `conflict`, `invalid`).
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+    pub budget_alerts: u64,
+}
+
+impl UsageCounts {
+    /// Sets the usage counters of `metrics` (labels of bounded cardinality: classes are an
+    /// admin's short list, reasons and token kinds fixed).
+    pub fn render(&self, metrics: &crate::metrics::Metrics) {
+        for (class, (calls, tokens, micro_cr)) in &self.by_class {
+            metrics.set_counter(
+                "credex_usage_events_total",
+                "Model calls charged, by model class.",
+                &[("class", class)],
+                *calls,
+            );
+            let kinds = ["input", "cached_input", "cache_write", "output"];
+            for (kind, count) in kinds.iter().zip(tokens) {
+                metrics.set_counter(
+                    "credex_usage_tokens_total",
+                    "Tokens of model calls charged, by model class and kind.",
+                    &[("class", class), ("kind", kind)],
+                    *count,
+                );
+            }
+            metrics.set_counter(
+                "credex_usage_cost_micro_cr_total",
+                "The cost of model calls charged at the model's price, µCR, by model class.",
+                &[("class", class)],
+                *micro_cr,
+            );
+        }
+        for (reason, count) in &self.refused {
+            metrics.set_counter(
+                "credex_usage_refused_total",
+                "Usage batches refused, by reason.",
+                &[("reason", reason)],
+                *count,
+            );
+        }
+        metrics.set_counter(
+            "credex_budget_alerts_total",
+            "Budget thresholds crossed.",
+            &[],
+            self.budget_alerts,
+        );
+    }
+}
+
 /// The usage service.
 #[derive(Debug)]
 pub struct Usage {
     ledger: Arc<Ledger>,
     face: CrFaceValue,
     accounts: AccountBook,
+    counts: std::sync::Mutex<UsageCounts>,
 }
 
 impl Usage {
@@ -199,6 +255,60 @@ impl Usage {
             ledger,
             face,
             accounts: AccountBook::default(),
+            counts: std::sync::Mutex::default(),
+        }
+    }
+
+    /// What this process recorded since it started.
+    pub fn counters(&self) -> UsageCounts {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Counts a batch's outcome.
+    fn count(&self, outcome: &Result<Vec<RecordedUsage>, UsageError>, alerts: u64) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            Ok(recorded) => {
+                for usage in recorded.iter().filter(|usage| !usage.replayed) {
+                    let record = &usage.record;
+                    if !counts.by_class.contains_key(&record.class)
+                        && counts.by_class.len() >= 1_000
+                    {
+                        continue;
+                    }
+                    let entry = counts.by_class.entry(record.class.clone()).or_default();
+                    entry.0 += 1;
+                    let tokens = [
+                        record.input_tokens,
+                        record.cached_input_tokens,
+                        record.cache_write_tokens,
+                        record.output_tokens,
+                    ];
+                    for (total, count) in entry.1.iter_mut().zip(tokens) {
+                        *total = total.saturating_add(count);
+                    }
+                    entry.2 = entry.2.saturating_add(record.cost_micro_cr);
+                }
+                counts.budget_alerts = counts.budget_alerts.saturating_add(alerts);
+            }
+            Err(error) => {
+                let reason = match error {
+                    UsageError::InsufficientFunds { .. } | UsageError::TooCostly { .. } => {
+                        "insufficient_funds"
+                    }
+                    UsageError::BudgetExceeded { .. } => "budget_exceeded",
+                    UsageError::Conflict { .. } | UsageError::Ledger(_) => "conflict",
+                    UsageError::Store(_) => "error",
+                    _ => "invalid",
+                };
+                *counts.refused.entry(reason).or_default() += 1;
+            }
         }
     }
 
@@ -211,6 +321,18 @@ impl Usage {
         &self,
         org: OrgId,
         events: Vec<UsageEvent>,
+    ) -> Result<Vec<RecordedUsage>, UsageError> {
+        let mut alerts = 0;
+        let outcome = self.record_batch(org, events, &mut alerts).await;
+        self.count(&outcome, alerts);
+        outcome
+    }
+
+    async fn record_batch(
+        &self,
+        org: OrgId,
+        events: Vec<UsageEvent>,
+        alerts: &mut u64,
     ) -> Result<Vec<RecordedUsage>, UsageError> {
         check_batch(&events)?;
         let budgets = self
@@ -262,6 +384,7 @@ impl Usage {
             let outcome = {
                 let mut decide = |view: &UsageView| match plan(org, view, &priced, &budgets) {
                     Ok((write, recorded)) => {
+                        *alerts = u64::try_from(write.alerts.len()).unwrap_or(u64::MAX);
                         decided = Some(Ok(recorded));
                         if write.records.is_empty() {
                             UsageStep::Stop

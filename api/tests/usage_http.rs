@@ -299,6 +299,27 @@ async fn usage_through_http(db: &TestDb) {
     assert_eq!(applying[0]["name"], "tight");
     assert_eq!(applying[0]["allows"], false);
 
+    // The process's metrics: calls and cost charged by class, refusals by reason, thresholds.
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr("198.51.100.9:40000".parse().expect("an address"))
+            .to_request(),
+    )
+    .await;
+    let metrics = String::from_utf8(test::read_body(response).await.to_vec()).expect("UTF-8");
+    for line in [
+        "credex_usage_events_total{class=\"pro\"} 2",
+        "credex_usage_cost_micro_cr_total{class=\"pro\"} 600000",
+        "credex_usage_tokens_total{class=\"pro\",kind=\"input\"} 300000",
+        "credex_usage_refused_total{reason=\"insufficient_funds\"} 1",
+        "credex_usage_refused_total{reason=\"budget_exceeded\"} 1",
+        "credex_budget_alerts_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
     // Analytics: totals by task (costliest first) and over all; by day.
     let totals = call(
         &service,
