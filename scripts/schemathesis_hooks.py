@@ -23,8 +23,8 @@ relate two values rather than constrain one:
 - A usage batch's event ids are distinct and neither the nil nor the max UUID, an event
   happened by now, when its model has a price, and its metadata is at most 4,096 bytes of JSON
   (422 otherwise).
-- A budget's time zone is an IANA name, and its thresholds are distinct percents of 1 to 1,000
-  in ascending order (422 otherwise).
+- A budget's (and a forecast's) time zone is an IANA name, and a budget's thresholds are
+  distinct percents of 1 to 1,000 in ascending order (422 otherwise).
 - A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
   otherwise); a user (not an API key) names the org it previews for (422 otherwise).
 
@@ -263,6 +263,8 @@ def _fit_budget(body):
 @schemathesis.hook
 def before_call(context, case, kwargs):
     _fresh_key(case.headers)
+    if case.method.upper() == "GET" and case.path == "/v1/orgs/{org_id}/usage/forecast":
+        _fit_budget(case.query)
     if case.method.upper() != "POST":
         return
     if case.path == "/v1/admin/transfers":

@@ -95,6 +95,8 @@ use crate::routes;
         routes::usage::list_usage,
         routes::usage::usage_totals,
         routes::usage::export_usage,
+        routes::usage::usage_forecast,
+        routes::usage::usage_savings,
         routes::budgets::create_budget,
         routes::budgets::budgets,
         routes::budgets::get_budget,

@@ -565,6 +565,17 @@ fn check_batch(events: &[UsageEvent]) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// Where a period's spend is heading: `spent` so far plus the rate of the trailing window
+/// (`trailing` µCR over `window_micros`) over the `left_micros` of the period, rounded up.
+pub fn forecast(spent: u64, trailing: u64, window_micros: u64, left_micros: u64) -> u64 {
+    if window_micros == 0 {
+        return spent;
+    }
+    let ahead =
+        (u128::from(trailing) * u128::from(left_micros)).div_ceil(u128::from(window_micros));
+    spent.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
+}
+
 /// The wallet's share of a call: its cost in proportion to the tokens no balance covered,
 /// rounded up.
 pub fn wallet_share(cost_micro_cr: u64, tokens: u64, uncovered: u64) -> u64 {
@@ -773,6 +784,16 @@ fn chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forecast_extends_the_trailing_rate_over_the_time_left() {
+        // 7,000 µCR over 7 days, 3 days left: 3,000 more.
+        let day = 86_400_000_000;
+        assert_eq!(forecast(10_000, 7_000, 7 * day, 3 * day), 13_000);
+        assert_eq!(forecast(10_000, 7_000, 7 * day, 0), 10_000);
+        assert_eq!(forecast(5, 1, 3, 1), 6, "rounded up");
+        assert_eq!(forecast(5, 9, 0, 1), 5);
+    }
 
     #[test]
     fn the_wallet_pays_the_uncovered_share_rounded_up() {

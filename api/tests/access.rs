@@ -201,6 +201,8 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ("list_usage", Who::Member, None),
         ("usage_totals", Who::Member, None),
         ("export_usage", Who::Member, None),
+        ("usage_forecast", Who::Member, None),
+        ("usage_savings", Who::Member, None),
         (
             "create_budget",
             Who::Owner,

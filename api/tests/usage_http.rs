@@ -364,6 +364,48 @@ async fn usage_through_http(db: &TestDb) {
     .await;
     expect(&bad, StatusCode::UNPROCESSABLE_ENTITY, "a bad filter");
 
+    // The month's forecast: 0.6 CR spent on the 26th, all of it in the last 7 days, so 5 days
+    // left add 0.6 × 5 / 7 CR, rounded up.
+    let forecast = call(
+        &service,
+        request("GET", &format!("{usage}/forecast"), &alice, None),
+    )
+    .await;
+    expect(&forecast, StatusCode::OK, "a forecast");
+    assert_eq!(
+        forecast.body["spent_micro_cr"], 600_000,
+        "{}",
+        forecast.body
+    );
+    assert_eq!(forecast.body["forecast_micro_cr"], 600_000 + 428_572);
+    assert_eq!(forecast.body["period_end"], "2026-12-01T00:00:00Z");
+    // Savings: a cheaper model of the same class for the same tokens, if the catalog has one.
+    let savings = call(
+        &service,
+        request("GET", &format!("{usage}/savings"), &alice, None),
+    )
+    .await;
+    expect(&savings, StatusCode::OK, "savings");
+    // Two calls of 150,000 input tokens on average: $1.25 per 1M is the cheapest pro input
+    // (gemini-2.5-pro below its long-context tier, gpt-5, gpt-5.1; ties go to the first id).
+    assert_eq!(
+        savings.body[0]["alternative"], "gemini-2.5-pro",
+        "{}",
+        savings.body
+    );
+    assert_eq!(savings.body[0]["alternative_cost_micro_cr"], 375_000);
+    for saving in savings.body.as_array().expect("a list") {
+        assert_eq!(saving["model"], "gpt-6-sol");
+        assert_eq!(saving["class"], "pro");
+        assert_ne!(saving["alternative"], "gpt-6-sol");
+        let cost = saving["cost_micro_cr"].as_u64().expect("a cost");
+        let alternative = saving["alternative_cost_micro_cr"]
+            .as_u64()
+            .expect("a cost");
+        assert!(alternative < cost);
+        assert_eq!(saving["savings_micro_cr"], cost - alternative);
+    }
+
     // The CSV export: a header and one line per call.
     let response = test::call_service(
         &service,

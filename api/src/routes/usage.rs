@@ -485,7 +485,13 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::post().to(record_usage)),
         )
         .service(web::resource("/v1/orgs/{org_id}/usage/totals").route(web::get().to(usage_totals)))
-        .service(web::resource("/v1/orgs/{org_id}/usage.csv").route(web::get().to(export_usage)));
+        .service(web::resource("/v1/orgs/{org_id}/usage.csv").route(web::get().to(export_usage)))
+        .service(
+            web::resource("/v1/orgs/{org_id}/usage/forecast").route(web::get().to(usage_forecast)),
+        )
+        .service(
+            web::resource("/v1/orgs/{org_id}/usage/savings").route(web::get().to(usage_savings)),
+        );
 }
 
 /// How usage totals are grouped.
@@ -803,4 +809,236 @@ pub async fn export_usage(
             "attachment; filename=\"usage.csv\"",
         ))
         .streaming(pages))
+}
+
+/// Which period to forecast.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ForecastQuery {
+    /// The period (default `month`).
+    period: Option<crate::routes::budgets::PeriodName>,
+    /// An IANA time zone, where days, weeks and months start (default `UTC`).
+    #[param(min_length = 1, max_length = 64)]
+    time_zone: Option<String>,
+}
+
+/// The period's spend so far and where it is heading.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForecastView {
+    pub period: crate::routes::budgets::PeriodName,
+    #[schema(format = DateTime)]
+    pub period_start: String,
+    #[schema(format = DateTime)]
+    pub period_end: String,
+    /// Spent so far this period, µCR at the models' prices.
+    pub spent_micro_cr: u64,
+    /// Spent over the last 7 days (the rate the forecast assumes).
+    pub trailing_7_days_micro_cr: u64,
+    /// `spent + trailing rate × time left`, rounded up.
+    pub forecast_micro_cr: u64,
+}
+
+/// Where the period's spend is heading: spent so far plus the last 7 days' rate over the time
+/// left (members; API keys need `read`).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/usage/forecast",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org"), ForecastQuery),
+    responses(
+        (status = 200, description = "The forecast", body = ForecastView),
+        (status = 400, description = "A query string that does not parse", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown time zone", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn usage_forecast(
+    access: OrgAccess<Read>,
+    query: web::Query<ForecastQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    use crate::budgets::Period;
+    use crate::routes::budgets::PeriodName;
+    use credex_store::{UsageFilter, UsageGroup};
+    let query = query.into_inner();
+    let name = query.period.unwrap_or(PeriodName::Month);
+    let period = match name {
+        PeriodName::Day => Period::Day,
+        PeriodName::Week => Period::Week,
+        PeriodName::Month => Period::Month,
+        PeriodName::Cycle => Period::Cycle,
+    };
+    let zone_name = query.time_zone.unwrap_or_else(|| "UTC".to_owned());
+    let zone = jiff::tz::db()
+        .get(&zone_name)
+        .map_err(|_| invalid("time_zone", "an IANA time zone such as Europe/Paris"))?;
+    let store = state.ledger.store();
+    let now = store.clock().now();
+    let (start, end) = crate::budgets::period_bounds(period, &zone, now);
+    let total = |from: Timestamp| {
+        let filter = UsageFilter {
+            from: Some(from),
+            to: Some(now.plus_micros(1)),
+            ..UsageFilter::default()
+        };
+        let store = store.clone();
+        async move {
+            store
+                .usage_totals(access.org, &filter, UsageGroup::All, 1)
+                .await
+                .map(|mut totals| totals.pop().map_or(0, |t| t.cost_micro_cr))
+                .map_err(|error| internal(&error))
+        }
+    };
+    const WEEK_MICROS: i64 = 7 * 86_400_000_000;
+    let spent = total(start).await?;
+    let trailing = total(now.plus_micros(-WEEK_MICROS)).await?;
+    let left = u64::try_from(end.as_micros().saturating_sub(now.as_micros())).unwrap_or(0);
+    let forecast = crate::usage::forecast(spent, trailing, WEEK_MICROS.unsigned_abs(), left);
+    Ok(HttpResponse::Ok().json(ForecastView {
+        period: name,
+        period_start: rfc3339(start),
+        period_end: rfc3339(end),
+        spent_micro_cr: spent,
+        trailing_7_days_micro_cr: trailing,
+        forecast_micro_cr: forecast,
+    }))
+}
+
+/// A cheaper model of the same class, and what the calls would have cost with it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SavingView {
+    /// The model used.
+    pub model: String,
+    pub class: String,
+    pub events: u64,
+    /// What its calls cost.
+    pub cost_micro_cr: u64,
+    /// The cheapest model of the same class for these tokens, at today's prices.
+    pub alternative: String,
+    /// What the same tokens would cost with it (at today's price).
+    pub alternative_cost_micro_cr: u64,
+    pub savings_micro_cr: u64,
+}
+
+/// Savings recommendations: for each model the org used in the range, the cheapest model of
+/// the same class for the same tokens at today's prices (its custom prices first), when it is
+/// cheaper; the largest savings first (members; API keys need `read`). The alternative prices
+/// the calls as that many calls of the average size (so long-context tiers apply per call).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org_id}/usage/savings",
+    tag = "usage",
+    security(("bearer" = [])),
+    params(("org_id" = String, Path, format = Uuid, description = "The org"), ExportQuery),
+    responses(
+        (status = 200, description = "Recommendations, the largest savings first", body = Vec<SavingView>),
+        (status = 400, description = "A query string that does not parse", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bound is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn usage_savings(
+    access: OrgAccess<Read>,
+    query: web::Query<ExportQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    use credex_store::{ModelFilter, UsageFilter, UsageGroup};
+    let filter = UsageFilter {
+        from: optional_instant("from", query.from.as_deref())?,
+        to: optional_instant("to", query.to.as_deref())?,
+        ..UsageFilter::default()
+    };
+    let store = state.ledger.store();
+    let now = store.clock().now();
+    let used = store
+        .usage_totals(access.org, &filter, UsageGroup::Model, USAGE_PAGE_MAX)
+        .await
+        .map_err(|error| internal(&error))?;
+    let mut candidates: std::collections::HashMap<String, Vec<crate::catalog::ResolvedModelPrice>> =
+        std::collections::HashMap::new();
+    let mut savings = Vec::new();
+    for total in &used {
+        let Some(model) = total.key.as_deref() else {
+            continue;
+        };
+        let Ok(prices) =
+            crate::catalog::model_prices(store.as_ref(), Some(access.org), model).await
+        else {
+            continue; // a model no longer in the catalog
+        };
+        let class = prices.class.to_string();
+        if !candidates.contains_key(&class) {
+            let mut priced = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let filter = ModelFilter {
+                    class: Some(class.clone()),
+                    ..ModelFilter::default()
+                };
+                let page = store
+                    .models_page(after.as_deref(), credex_store::PAGE_MAX, &filter)
+                    .await
+                    .map_err(|error| internal(&error))?;
+                for record in &page {
+                    let found =
+                        crate::catalog::model_prices(store.as_ref(), Some(access.org), &record.id)
+                            .await
+                            .ok()
+                            .and_then(|prices| prices.at(now).ok());
+                    priced.extend(found);
+                }
+                match page.last() {
+                    Some(last) if page.len() == credex_store::PAGE_MAX as usize => {
+                        after = Some(last.id.clone());
+                    }
+                    _ => break,
+                }
+            }
+            candidates.insert(class.clone(), priced);
+        }
+        // Priced as that many average calls, so that long-context tiers apply as they would
+        // to a call, not to the sum of all of them.
+        let events = total.events.max(1);
+        let average = |tokens: u64| (tokens / events).min(MAX_TOKENS_PER_KIND);
+        let Ok(tokens) = TokenUsage::new(
+            average(total.input_tokens),
+            average(total.cached_input_tokens),
+            average(total.cache_write_tokens),
+            average(total.output_tokens),
+        ) else {
+            continue;
+        };
+        let cheapest = candidates[&class]
+            .iter()
+            .filter(|candidate| candidate.model.id != model)
+            .filter_map(|candidate| {
+                credex_pricing::charge(&candidate.price, &tokens, state.cr_face_value)
+                    .ok()
+                    .and_then(|charge| charge.micro_cr.checked_mul(events))
+                    .map(|cost| (cost, candidate.model.id.clone()))
+            })
+            .min();
+        if let Some((cost, alternative)) = cheapest {
+            if cost < total.cost_micro_cr {
+                savings.push(SavingView {
+                    model: model.to_owned(),
+                    class: class.clone(),
+                    events: total.events,
+                    cost_micro_cr: total.cost_micro_cr,
+                    alternative,
+                    alternative_cost_micro_cr: cost,
+                    savings_micro_cr: total.cost_micro_cr - cost,
+                });
+            }
+        }
+    }
+    savings.sort_by_key(|saving| std::cmp::Reverse(saving.savings_micro_cr));
+    Ok(HttpResponse::Ok().json(savings))
 }
