@@ -69,6 +69,32 @@ pub fn spawn_idempotency_purge(
     })
 }
 
+/// Deletes the per-call usage history each plan no longer keeps ([`crate::usage::purge_history`]),
+/// every `period`, until `stop`. Safe in every process at once.
+pub fn spawn_history_purge(
+    store: Arc<dyn Store>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match crate::usage::purge_history(store.as_ref()).await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::info!(count, "purged usage history past its plan's retention");
+                }
+                Err(error) => tracing::warn!(%error, "purging usage history failed"),
+            }
+        }
+    })
+}
+
 /// How many passes of [`spawn_cycles`] between sweeps of recently closed cycles.
 pub const SWEEP_EVERY: u64 = 60;
 

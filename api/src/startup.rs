@@ -235,6 +235,7 @@ impl Application {
             jobs::spawn_auto_sales(market.clone(), Duration::from_secs(10), stopped.clone()),
             crate::alerts::spawn(alerts, market, Duration::from_secs(10), stopped.clone()),
             jobs::spawn_review(store.clone(), Duration::from_secs(300), stopped.clone()),
+            jobs::spawn_history_purge(store.clone(), Duration::from_secs(3_600), stopped.clone()),
             jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),
         ];
         tracing::info!(port, "credex is listening");

@@ -35,6 +35,29 @@ use crate::cycles::{derived_id, CycleId};
 use crate::market::AccountBook;
 use crate::problem::ApiError;
 
+/// How long each plan keeps its per-call history (the seed's tiers: 7 days on Free, 90 on
+/// Teams, unlimited on Enterprise). The ledger keeps every charge whatever the plan.
+pub fn history_retention_days(plan: credex_store::Plan) -> Option<u32> {
+    match plan {
+        credex_store::Plan::Free => Some(7),
+        credex_store::Plan::Teams => Some(90),
+        credex_store::Plan::Enterprise => None,
+    }
+}
+
+/// Deletes the per-call history each plan no longer keeps; answers how many calls went.
+pub async fn purge_history(store: &dyn Store) -> Result<u64, StoreError> {
+    let now = store.clock().now();
+    let mut purged = 0;
+    for plan in credex_store::Plan::ALL {
+        if let Some(days) = history_retention_days(plan) {
+            let before = now.plus_micros(-i64::from(days) * 86_400_000_000);
+            purged += store.purge_usage(plan, before).await?;
+        }
+    }
+    Ok(purged)
+}
+
 /// The longest task or conversation label.
 pub const LABEL_MAX: usize = 200;
 /// The largest metadata object, as JSON text.

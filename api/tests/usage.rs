@@ -530,7 +530,70 @@ async fn budgets_count_their_scope_and_period(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// Per-call history is kept 7 days on Free, 90 on Teams, forever on Enterprise; the ledger's
+/// charges stay whatever the plan.
+async fn history_is_kept_as_long_as_the_plan_says(db: &TestDb) {
+    let w = world(db, 1).await;
+    let teams = w.orgs[0];
+    let store = w.store().clone();
+    let now = w.now();
+    let mut orgs = vec![(teams, Plan::Teams)];
+    for (name, plan) in [("Free", Plan::Free), ("Enterprise", Plan::Enterprise)] {
+        let org = store
+            .create_org(&OrgName::parse(name).expect("a name"), plan, now)
+            .await
+            .expect("an org")
+            .id;
+        top_up(&w.ledger, org, CREDITS).await;
+        orgs.push((org, plan));
+    }
+    // Each org: a call on 1 November (the model's first price) and one on the 15th.
+    let nov_1 = Timestamp::from_micros(1_793_491_200_000_000);
+    for (org, _) in &orgs {
+        let events = vec![
+            event(1_000, 0, nov_1),
+            event(1_000, 0, nov_1.plus_micros(14 * DAY)),
+        ];
+        w.record(*org, events).await.expect("recorded");
+    }
+    let journal_before = store
+        .journal(i64::MIN, 10_000)
+        .await
+        .expect("journal")
+        .len();
+    // Purge 95 days after the first call (81 after the second): Free keeps nothing older than
+    // 7 days, Teams nothing older than 90, Enterprise everything.
+    w.clock.set(nov_1.plus_micros(95 * DAY));
+    let purged = credex_api::usage::purge_history(store.as_ref())
+        .await
+        .expect("purged");
+    let kept: Vec<usize> = {
+        let mut kept = Vec::new();
+        for (org, _) in &orgs {
+            kept.push(w.recorded(*org).await);
+        }
+        kept
+    };
+    assert_eq!(
+        kept,
+        vec![1, 0, 2],
+        "Teams keeps the recent call, Free none, Enterprise both"
+    );
+    assert_eq!(purged, 3);
+    assert_eq!(
+        store
+            .journal(i64::MIN, 10_000)
+            .await
+            .expect("journal")
+            .len(),
+        journal_before,
+        "the ledger keeps every charge"
+    );
+    w.ledger.close().await;
+}
+
 on_both_backends!(
+    history_is_kept_as_long_as_the_plan_says,
     charged_acquired_then_alloc_then_wallet,
     a_batch_that_cannot_be_paid_changes_nothing,
     concurrent_charges_never_overdraw,

@@ -258,6 +258,14 @@ pub trait UsageStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<UsageTotal>, StoreError>;
 
+    /// Deletes the recorded calls of the orgs on `plan` that occurred before `before` (their
+    /// charges stay in the ledger: only the per-call history goes). Answers how many.
+    async fn purge_usage(
+        &self,
+        plan: crate::identity::Plan,
+        before: Timestamp,
+    ) -> Result<u64, StoreError>;
+
     /// An org's events that occurred in `[from, to)`, in (occurred, id) order after the cursor,
     /// at most `limit` ([`USAGE_PAGE_MAX`]).
     async fn usage_events(
@@ -733,6 +741,23 @@ macro_rules! shared_usage {
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(alert_record).collect()
+                }
+
+                async fn purge_usage(
+                    &self,
+                    plan: crate::identity::Plan,
+                    before: Timestamp,
+                ) -> Result<u64, StoreError> {
+                    let deleted = sqlx::query(
+                        "DELETE FROM usage_events WHERE occurred_at < $2 \
+                         AND org_id IN (SELECT id FROM orgs WHERE plan = $1)",
+                    )
+                    .bind(plan.as_str())
+                    .bind(before.as_micros())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    Ok(deleted)
                 }
 
                 async fn usage_totals(
