@@ -287,6 +287,44 @@ impl Budget {
     }
 }
 
+/// What a plan allows of budgets, as the seed's tiers say: Free has no budget management;
+/// Teams has monthly (and per-cycle) limits with two alert thresholds, on the org, an API key
+/// or a task; Enterprise adds daily and weekly limits, three or more thresholds, and per-user
+/// budgets.
+pub fn plan_allows(plan: credex_store::Plan, new: &NewBudget) -> Result<(), String> {
+    use credex_store::Plan;
+    match plan {
+        Plan::Free => Err("the free plan has no budgets: upgrade to Teams".to_owned()),
+        Plan::Teams => {
+            if matches!(new.period, Period::Day | Period::Week) {
+                return Err(format!(
+                    "{} budgets need the Enterprise plan (Teams has monthly and per-cycle ones)",
+                    new.period.as_str()
+                ));
+            }
+            if matches!(new.scope, Scope::User(_)) {
+                return Err("per-user budgets need the Enterprise plan".to_owned());
+            }
+            if new.thresholds.len() > 2 {
+                return Err(
+                    "Teams budgets have at most two alert thresholds (Enterprise: more)".to_owned(),
+                );
+            }
+            Ok(())
+        }
+        Plan::Enterprise => Ok(()),
+    }
+}
+
+/// The most tokens one prompt may carry on a plan (the seed's tiers).
+pub fn max_prompt_tokens(plan: credex_store::Plan) -> u64 {
+    match plan {
+        credex_store::Plan::Free => 1_000,
+        credex_store::Plan::Teams => 10_000,
+        credex_store::Plan::Enterprise => 100_000,
+    }
+}
+
 fn to_jiff(at: Timestamp) -> jiff::Timestamp {
     jiff::Timestamp::from_microsecond(at.as_micros()).unwrap_or(if at.as_micros() < 0 {
         jiff::Timestamp::MIN
@@ -374,6 +412,44 @@ mod tests {
         assert_eq!(
             (start, end),
             (at("2026-03-08T05:00:00Z"), at("2026-03-09T04:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn plans_have_the_budgets_their_tier_says() {
+        use credex_store::Plan;
+        let new = |period, scope, thresholds: &[u32]| NewBudget {
+            name: "b".to_owned(),
+            scope,
+            period,
+            time_zone: "UTC".to_owned(),
+            limit_micro_cr: 1,
+            thresholds: thresholds.to_vec(),
+            hard: true,
+        };
+        let monthly = new(Period::Month, Scope::Org, &[75, 90]);
+        assert!(plan_allows(Plan::Free, &monthly).is_err());
+        assert!(plan_allows(Plan::Teams, &monthly).is_ok());
+        assert!(plan_allows(
+            Plan::Teams,
+            &new(Period::Cycle, Scope::Task("t".into()), &[90])
+        )
+        .is_ok());
+        for refused in [
+            new(Period::Day, Scope::Org, &[75]),
+            new(Period::Week, Scope::Org, &[75]),
+            new(Period::Month, Scope::User(Uuid::nil()), &[75]),
+            new(Period::Month, Scope::Org, &[75, 90, 100]),
+        ] {
+            assert!(plan_allows(Plan::Teams, &refused).is_err(), "{refused:?}");
+            assert!(
+                plan_allows(Plan::Enterprise, &refused).is_ok(),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            [Plan::Free, Plan::Teams, Plan::Enterprise].map(max_prompt_tokens),
+            [1_000, 10_000, 100_000]
         );
     }
 

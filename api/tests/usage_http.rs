@@ -42,7 +42,7 @@ async fn usage_through_http(db: &TestDb) {
             "POST",
             "/v1/admin/orgs",
             &admin,
-            Some(json!({"name": "Acme", "plan": "teams"})),
+            Some(json!({"name": "Acme", "plan": "enterprise"})),
         ),
     )
     .await;
@@ -298,6 +298,9 @@ async fn usage_through_http(db: &TestDb) {
     );
     assert_eq!(applying[0]["name"], "tight");
     assert_eq!(applying[0]["allows"], false);
+    assert_eq!(preview.body["prompt_limit"]["plan"], "enterprise");
+    assert_eq!(preview.body["prompt_limit"]["max_prompt_tokens"], 100_000);
+    assert_eq!(preview.body["prompt_limit"]["within"], true);
 
     // The process's metrics: calls and cost charged by class, refusals by reason, thresholds.
     let response = test::call_service(

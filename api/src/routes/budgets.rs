@@ -199,8 +199,8 @@ fn audit(
     })
 }
 
-/// Sets a budget (owners): a limit on what the org, a user, an API key or a task may spend per
-/// day, week or month (in the budget's time zone) or billing cycle, counted at the model's
+/// Sets a budget (owners; as the org's plan allows): a limit on what the org, a user, an API key
+/// or a task may spend per day, week or month (in the budget's time zone) or billing cycle, counted at the model's
 /// price whatever pays for the call. Thresholds alert once per period; a hard budget refuses a
 /// charge that would pass its limit (402 `budget-exceeded`), atomically with the charge.
 #[utoipa::path(
@@ -215,7 +215,7 @@ fn audit(
             headers(("Location" = String, description = "The budget: `/v1/orgs/{org_id}/budgets/{budget_id}`"))),
         (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an owner of the org", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an owner of the org; or the org's plan does not have this budget (Free: none; Teams: monthly or per-cycle, two thresholds at most, no per-user budgets; the detail says which)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The org has 100 budgets", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
@@ -255,6 +255,14 @@ pub async fn create_budget(
     };
     let store = state.ledger.store();
     let now = store.clock().now();
+    let plan = store
+        .org(access.org)
+        .await
+        .map_err(|error| internal(&error))?
+        .ok_or_else(|| ApiError::new(ProblemKind::NotFound, "no such org"))?
+        .plan;
+    crate::budgets::plan_allows(plan, &new)
+        .map_err(|why| ApiError::new(ProblemKind::Forbidden, why))?;
     let budget = Budget::new(Uuid::now_v7(), access.org, new, now).map_err(budget_error)?;
     let existing = store
         .budgets_of(access.org)

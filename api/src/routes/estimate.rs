@@ -372,6 +372,17 @@ pub struct EstimateFunding {
     pub available: FundingAvailable,
 }
 
+/// The org's plan's limit on one prompt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EstimatePromptLimit {
+    /// `free`, `teams` or `enterprise`.
+    pub plan: String,
+    /// The most tokens one prompt may carry on the plan (1,000, 10,000, 100,000).
+    pub max_prompt_tokens: u64,
+    /// Whether this prompt is within it.
+    pub within: bool,
+}
+
 /// Whether budgets allow the call.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EstimateBudgets {
@@ -453,6 +464,7 @@ pub struct EstimateView {
     pub cost: EstimateCost,
     pub funding: EstimateFunding,
     pub budgets: EstimateBudgets,
+    pub prompt_limit: EstimatePromptLimit,
 }
 
 /// The org a preview is for, with the caller allowed to read it: the body's `org_id`, or an
@@ -593,8 +605,8 @@ fn instant(at: Option<&str>, now: Timestamp) -> Result<Timestamp, actix_web::Err
     Ok(at)
 }
 
-/// Previews a call: its tokens, the price and cost, which balance would pay, and whether the
-/// budgets that apply allow it. A member of the org, or an API key with the `read` scope.
+/// Previews a call: its tokens, the price and cost, which balance would pay, whether the
+/// budgets that apply allow it, and whether the prompt is within the org's plan's limit. A member of the org, or an API key with the `read` scope.
 #[utoipa::path(
     post,
     path = "/v1/estimate",
@@ -654,6 +666,18 @@ pub async fn estimate(
     };
     let mut view = preview(&state, access.org, at, &resolved, counted, usage, &accounts)?;
     view.budgets = budgets(store, access.org, caller, at, view.cost.total_micro_cr).await?;
+    let plan = store
+        .org(access.org)
+        .await
+        .map_err(|error| internal(&error))?
+        .ok_or_else(|| ApiError::new(ProblemKind::NotFound, "no such org"))?
+        .plan;
+    let max_prompt_tokens = crate::budgets::max_prompt_tokens(plan);
+    view.prompt_limit = EstimatePromptLimit {
+        plan: plan.as_str().to_owned(),
+        max_prompt_tokens,
+        within: view.tokens.prompt <= max_prompt_tokens,
+    };
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -720,6 +744,11 @@ fn preview(
         budgets: EstimateBudgets {
             allowed: true,
             applying: Vec::new(),
+        },
+        prompt_limit: EstimatePromptLimit {
+            plan: String::new(),
+            max_prompt_tokens: 0,
+            within: true,
         },
     })
 }
