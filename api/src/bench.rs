@@ -10,21 +10,35 @@
 //! - `uniform`: CR trades between two random org wallets (each debit reads a whole balance);
 //! - `hot`: every transfer touches a hot provider account: grants `issuance → wallet` and
 //!   spends `wallet → spent`, half each.
+//!
+//! This module also holds what the benchmarks that run a whole server (`buy`, `estimate`,
+//! `usage`) share: [`on_fresh_databases`] runs a measurement on SQLite and on a fresh PostgreSQL
+//! database, [`fund`] and [`api_keys`] prepare orgs through the ledger and the store,
+//! [`create_orgs`] makes them, and [`millis`], [`seconds`] and [`tenths`] format the tables'
+//! figures.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use credex_ledger::{
-    Account, AccountId, AccountKind, Amount, AssetCode, Movement, OrgId, Owner, Transfer,
-    TransferCode, TransferId,
+    Account, AccountId, AccountKind, Action, Amount, AssetCode, Metadata, Movement, OrgId, Owner,
+    Timestamp, Transfer, TransferCode, TransferId,
 };
-use credex_store::{GroupCommitConfig, Ledger, SystemClock};
+use credex_store::{
+    ApiKeyName, ApiKeyPrefix, Email, GroupCommitConfig, Ledger, NewApiKey, OrgName, Plan, Scope,
+    Scopes, Store, SystemClock, TokenHash, VerificationLevel,
+};
 use sqlx::Connection;
+
+use crate::auth::tokens;
+use crate::config::{Config, Secret};
 
 pub mod buy;
 pub mod estimate;
 pub mod http;
+pub mod usage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
@@ -125,19 +139,16 @@ async fn measure_backend(
                 let measurement =
                     measured.with_context(|| format!("{mix:?} batch {batch} × {submitters}"))?;
                 println!(
-                    "| {} | {:?} | {} | {} | {} | {}.{:03} | {} | {}.{:03} | {}.{:03} |",
+                    "| {} | {:?} | {} | {} | {} | {} | {} | {} | {} |",
                     measurement.backend,
                     measurement.mix,
                     measurement.batch,
                     measurement.submitters,
                     measurement.transfers,
-                    measurement.elapsed.as_secs(),
-                    measurement.elapsed.subsec_millis(),
+                    seconds(measurement.elapsed),
                     measurement.per_second(),
-                    measurement.p50.as_millis(),
-                    measurement.p50.as_micros() % 1_000,
-                    measurement.p99.as_millis(),
-                    measurement.p99.as_micros() % 1_000,
+                    millis(measurement.p50),
+                    millis(measurement.p99),
                 );
                 results.push(measurement);
             }
@@ -370,15 +381,10 @@ impl Template {
                 admin_execute(postgres_url, &format!("CREATE DATABASE {name}"))
                     .await
                     .context("create the benchmark database on PostgreSQL")?;
-                let host_start = postgres_url.find("://").map_or(0, |i| i + 3);
-                let base = match postgres_url[host_start..].find('/') {
-                    Some(slash) => &postgres_url[..host_start + slash],
-                    None => postgres_url,
-                };
-                let url = format!("{base}/{name}");
+                let url = database_url(postgres_url, &name);
                 let place = Place::Postgres {
                     admin: postgres_url.to_owned(),
-                    base: base.to_owned(),
+                    base: server_base(postgres_url).to_owned(),
                     name,
                 };
                 (place, url)
@@ -455,4 +461,197 @@ async fn admin_execute(admin: &str, sql: &str) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect(admin).await?;
     sqlx::query(sql).execute(&mut conn).await?;
     Ok(())
+}
+
+/// `duration` in seconds, to the millisecond (`3.001`), for the results' tables.
+pub(crate) fn seconds(duration: Duration) -> String {
+    format!("{}.{:03}", duration.as_secs(), duration.subsec_millis())
+}
+
+/// `duration` in milliseconds, to the microsecond (`12.345`), for the results' tables.
+pub(crate) fn millis(duration: Duration) -> String {
+    format!(
+        "{}.{:03}",
+        duration.as_millis(),
+        duration.as_micros() % 1_000
+    )
+}
+
+/// A rate given in thousandths, to the tenth (`1234.5`), for the results' tables.
+pub(crate) fn tenths(milli: u128) -> String {
+    format!("{}.{}", milli / 1_000, milli % 1_000 / 100)
+}
+
+/// `server` (a PostgreSQL URL) without its database: scheme, credentials, host and port.
+fn server_base(server: &str) -> &str {
+    let host_start = server.find("://").map_or(0, |i| i + 3);
+    match server[host_start..].find('/') {
+        Some(slash) => &server[..host_start + slash],
+        None => server,
+    }
+}
+
+/// `server` with its database replaced by `name`.
+pub(crate) fn database_url(server: &str, name: &str) -> String {
+    format!("{}/{name}", server_base(server))
+}
+
+/// The admin the server-level benchmarks (`buy`, `estimate`, `usage`) configure their server
+/// with, and sign in or make API keys as.
+pub(crate) const ADMIN_EMAIL: &str = "bench@credex.local";
+pub(crate) const ADMIN_PASSWORD: &str = "a long benchmark password";
+
+/// Runs `measure` on a fresh database of each backend, for the benchmarks that run a whole
+/// server: SQLite first, in a temporary directory, and then, when `postgres` names a server, a
+/// database `credex_bench_<uuid>` created there and dropped after (even when the measurement
+/// failed). First prints the head of the results' Markdown table: `table_head` (the columns'
+/// names, `| backend | … |`) and its alignment line (the first column left, the others right).
+/// `measure` gets the backend's name (`"sqlite"` or `"postgres"`), a [`Config`] binding
+/// `127.0.0.1:0` on that database, with the benchmark's admin ([`ADMIN_EMAIL`],
+/// [`ADMIN_PASSWORD`]), and `args`; the first error, the measurement's or the drop's, ends the
+/// run. Answers the measurements in that order.
+pub(crate) async fn on_fresh_databases<'a, A, M, F, Fut>(
+    postgres: Option<&str>,
+    table_head: &str,
+    args: &'a A,
+    mut measure: F,
+) -> anyhow::Result<Vec<M>>
+where
+    A: ?Sized,
+    F: FnMut(&'static str, Config, &'a A) -> Fut,
+    Fut: Future<Output = anyhow::Result<M>>,
+{
+    let columns = table_head.matches('|').count().saturating_sub(1);
+    println!("{table_head}");
+    println!("|---|{}", "--:|".repeat(columns.saturating_sub(1)));
+    let config = |data_dir: std::path::PathBuf| {
+        let mut config = Config::new("127.0.0.1:0", data_dir);
+        config.admin_email = Some(ADMIN_EMAIL.to_owned());
+        config.admin_password = Some(Secret::new(ADMIN_PASSWORD));
+        config
+    };
+    let mut results = Vec::new();
+    let dir = tempfile::tempdir()?;
+    results.push(measure("sqlite", config(dir.path().join("sqlite")), args).await?);
+    if let Some(server) = postgres {
+        let name = format!("credex_bench_{}", uuid::Uuid::new_v4().simple());
+        admin_execute(server, &format!("CREATE DATABASE {name}"))
+            .await
+            .context("create the benchmark database on PostgreSQL")?;
+        let url = database_url(server, &name);
+        let postgres = config(dir.path().join("postgres")).with_database_url(url);
+        let measured = measure("postgres", postgres, args).await;
+        admin_execute(
+            server,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .await?;
+        results.push(measured?);
+    }
+    Ok(results)
+}
+
+/// Tops up every org's CR wallet with `amount` µCR from the provider's issuance account,
+/// through the ledger in requests of up to [`credex_ledger::BATCH_MAX`] transfers, each
+/// described by `reason`. Any transfer that fails fails the whole.
+pub(crate) async fn fund(
+    ledger: &Ledger,
+    orgs: &[OrgId],
+    amount: u64,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let credit = AssetCode::credit();
+    let issuance = ledger
+        .ensure_account(&credit, Owner::Provider, AccountKind::Issuance)
+        .await?
+        .account
+        .id();
+    let amount = Amount::new(amount)?;
+    let metadata = Metadata::new(reason)?;
+    let mut transfers = Vec::with_capacity(orgs.len());
+    for org in orgs {
+        let wallet = ledger
+            .ensure_account(&credit, Owner::Org(*org), AccountKind::Wallet)
+            .await?
+            .account
+            .id();
+        let movement = Movement::new(
+            issuance,
+            wallet,
+            credit.clone(),
+            amount,
+            TransferCode::TopUp,
+        )?;
+        let transfer = Transfer::new(
+            TransferId::generate(),
+            Action::Move(movement),
+            metadata.clone(),
+            false,
+        )?;
+        transfers.push(transfer);
+    }
+    for chunk in transfers.chunks(credex_ledger::BATCH_MAX) {
+        for result in ledger.create_transfers(chunk.to_vec()).await? {
+            if let Err(error) = result {
+                bail!("a top-up failed: {error}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `count` orgs on the teams plan, named `prefix 0`, `prefix 1`, …, each at the verification
+/// level `verification` when given.
+pub(crate) async fn create_orgs(
+    store: &dyn Store,
+    prefix: &str,
+    count: usize,
+    verification: Option<VerificationLevel>,
+    now: Timestamp,
+) -> anyhow::Result<Vec<OrgId>> {
+    let mut orgs = Vec::with_capacity(count);
+    for i in 0..count {
+        let name =
+            OrgName::parse(&format!("{prefix} {i}")).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let org = store.create_org(&name, Plan::Teams, now).await?.id;
+        if let Some(level) = verification {
+            store.set_verification(org, level).await?;
+        }
+        orgs.push(org);
+    }
+    Ok(orgs)
+}
+
+/// An API key named `name` with the one scope `scope` for each entry of `orgs` (an org listed
+/// twice gets two keys), made by the benchmark's admin ([`ADMIN_EMAIL`]) as `POST
+/// /v1/orgs/{org_id}/api-keys` would; answers the keys, in the order of `orgs`.
+pub(crate) async fn api_keys(
+    store: &dyn Store,
+    orgs: &[OrgId],
+    scope: Scope,
+    name: &str,
+    now: Timestamp,
+) -> anyhow::Result<Vec<String>> {
+    let email = Email::parse(ADMIN_EMAIL).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let (admin, _) = store
+        .user_by_email(&email)
+        .await?
+        .context("the benchmark's admin")?;
+    let scopes = Scopes::new(vec![scope]).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let name = ApiKeyName::parse(name).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let mut keys = Vec::with_capacity(orgs.len());
+    for org in orgs {
+        let (key, prefix) = tokens::api_key();
+        let new = NewApiKey {
+            org: *org,
+            name: name.clone(),
+            prefix: ApiKeyPrefix::parse(&prefix).map_err(|error| anyhow::anyhow!("{error}"))?,
+            secret_hash: TokenHash::from_bytes(tokens::digest(&key)),
+            scopes: scopes.clone(),
+            created_by: admin.id,
+        };
+        store.create_api_key(&new, now).await?;
+        keys.push(key);
+    }
+    Ok(keys)
 }

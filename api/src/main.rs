@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use credex_api::bench::buy::BuyBenchArgs;
 use credex_api::bench::estimate::EstimateBenchArgs;
+use credex_api::bench::usage::UsageBenchArgs;
 use credex_api::bench::BenchArgs;
 use credex_api::config::{redacted, ConfigArgs};
 use credex_api::{telemetry, Application, Config};
@@ -63,6 +64,9 @@ enum BenchWhat {
     /// Latency of emergency-credit buys (POST /v1/orgs/{org_id}/orders) against a book of
     /// listings, at a fixed request rate, open-loop.
     Buy(BuyBenchArgs),
+    /// Throughput and latency of usage ingestion (POST /v1/orgs/{org_id}/usage) in batches,
+    /// by concurrent clients, closed-loop.
+    Usage(UsageBenchArgs),
 }
 
 #[tokio::main]
@@ -133,6 +137,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: BenchWhat::Buy(args),
         } => {
             credex_api::bench::buy::run(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Usage(args),
+        } => {
+            credex_api::bench::usage::run(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -48,22 +48,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use credex_ledger::{
-    AccountKind, Action, Amount, AssetCode, Metadata, Movement, OrgId, Owner, Timestamp, Transfer,
-    TransferCode, TransferId,
-};
+use credex_ledger::{AssetCode, OrgId, Timestamp};
 use credex_store::{
-    Allotment, ApiKeyName, ApiKeyPrefix, AuditAction, AuditEntry, ClassRecord, Email, NewApiKey,
-    OrgName, Plan, Scope, Scopes, Store, SystemClock, TokenHash, VerificationLevel,
+    Allotment, AuditAction, AuditEntry, ClassRecord, Plan, Scope, SystemClock, VerificationLevel,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, Mutex};
 use uuid::Uuid;
 
-use crate::auth::tokens;
 use crate::bench::http::Connection;
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::cycles::{open_cycle, CycleId};
 use crate::market::{ListRequest, Market};
 use crate::startup::{assemble, Assembled};
@@ -135,8 +130,6 @@ impl BuyMeasurement {
     }
 }
 
-const ADMIN_EMAIL: &str = "bench@credex.local";
-const ADMIN_PASSWORD: &str = "a long benchmark password";
 /// The token class traded.
 const CLASS: &str = "bench";
 /// The class's face value (and so the provider's list price): 4 CR per 1M tokens.
@@ -159,6 +152,10 @@ const ANALYZE_AFTER: usize = 1_000;
 /// Market writes per org per minute on the benchmark's server: never the limit.
 const ORDERS_PER_MINUTE: u32 = 10_000_000;
 
+/// The head of the results' table.
+const TABLE_HEAD: &str =
+    "| backend | rate/s | clients | listings | tokens/buy | buys | achieved/s | p50 ms | p90 ms | p99 ms | max ms | server p50 ms | server p99 ms | from listings | from provider | mixed | fills/buy |";
+
 pub async fn run(args: &BuyBenchArgs) -> anyhow::Result<Vec<BuyMeasurement>> {
     if args.rate == 0 || args.clients == 0 || args.seconds == 0 {
         bail!("--rate, --clients and --seconds must be positive");
@@ -166,40 +163,7 @@ pub async fn run(args: &BuyBenchArgs) -> anyhow::Result<Vec<BuyMeasurement>> {
     if args.listings == 0 || args.quantity == 0 {
         bail!("--listings and --quantity must be positive");
     }
-    println!(
-        "| backend | rate/s | clients | listings | tokens/buy | buys | achieved/s | p50 ms | p90 ms | p99 ms | max ms | server p50 ms | server p99 ms | from listings | from provider | mixed | fills/buy |"
-    );
-    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    let mut results = Vec::new();
-    let dir = tempfile::tempdir()?;
-    let sqlite = Config::new("127.0.0.1:0", dir.path().join("sqlite"));
-    results.push(measure_backend("sqlite", sqlite, args).await?);
-    if let Some(server) = &args.postgres {
-        let name = format!("credex_bench_{}", Uuid::new_v4().simple());
-        super::admin_execute(server, &format!("CREATE DATABASE {name}"))
-            .await
-            .context("create the benchmark database on PostgreSQL")?;
-        let url = database_url(server, &name);
-        let config = Config::new("127.0.0.1:0", dir.path().join("postgres")).with_database_url(url);
-        let measured = measure_backend("postgres", config, args).await;
-        super::admin_execute(
-            server,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await?;
-        results.push(measured?);
-    }
-    Ok(results)
-}
-
-/// `server` with its database replaced by `name`.
-fn database_url(server: &str, name: &str) -> String {
-    let host_start = server.find("://").map_or(0, |i| i + 3);
-    let base = match server[host_start..].find('/') {
-        Some(slash) => &server[..host_start + slash],
-        None => server,
-    };
-    format!("{base}/{name}")
+    super::on_fresh_databases(args.postgres.as_deref(), TABLE_HEAD, args, measure_backend).await
 }
 
 async fn measure_backend(
@@ -207,8 +171,6 @@ async fn measure_backend(
     mut config: Config,
     args: &BuyBenchArgs,
 ) -> anyhow::Result<BuyMeasurement> {
-    config.admin_email = Some(ADMIN_EMAIL.to_owned());
-    config.admin_password = Some(Secret::new(ADMIN_PASSWORD));
     config.market_policy.min_org_age_days = 0;
     config.market_orders_per_minute = ORDERS_PER_MINUTE;
     let started = Instant::now();
@@ -356,8 +318,18 @@ async fn set_up(
             .put_allotment(CLASS, allotment, now, &audit(now, "allotments.put")?)
             .await?;
         let sellers = args.listings.div_ceil(LISTINGS_PER_SELLER);
-        let seller_orgs = create_orgs(store.as_ref(), "Bench Seller", sellers, now).await?;
-        let buyer_orgs = create_orgs(store.as_ref(), "Bench Buyer", args.clients, now).await?;
+        let verified = VerificationLevel::new(1).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let seller_orgs =
+            super::create_orgs(store.as_ref(), "Bench Seller", sellers, Some(verified), now)
+                .await?;
+        let buyer_orgs = super::create_orgs(
+            store.as_ref(),
+            "Bench Buyer",
+            args.clients,
+            Some(verified),
+            now,
+        )
+        .await?;
         open_cycle(&ledger, cycle, now).await?;
         let asset = cycle.asset(CLASS)?;
         let info = market.ensure_market(&asset).await?;
@@ -365,32 +337,28 @@ async fn set_up(
             .change_settings(&asset, cycle.starts_at(), info.settings, None)
             .await?;
         list(&market, &asset, &seller_orgs, args.listings, analyze).await?;
-        fund(&ledger, &buyer_orgs).await?;
-        let buyers = api_keys(store.as_ref(), &buyer_orgs, now).await?;
+        super::fund(
+            &ledger,
+            &buyer_orgs,
+            BUYER_CREDITS_MICRO_CR,
+            "bench buy: credits",
+        )
+        .await?;
+        let keys = super::api_keys(
+            store.as_ref(),
+            &buyer_orgs,
+            Scope::MarketTrade,
+            "bench buy",
+            now,
+        )
+        .await?;
+        let buyers = buyer_orgs.into_iter().zip(keys).collect();
         anyhow::Ok(World { asset, buyers })
     }
     .await;
     ledger.close().await;
     store.close().await;
     world
-}
-
-async fn create_orgs(
-    store: &dyn Store,
-    prefix: &str,
-    count: usize,
-    now: Timestamp,
-) -> anyhow::Result<Vec<OrgId>> {
-    let level = VerificationLevel::new(1).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let mut orgs = Vec::with_capacity(count);
-    for i in 0..count {
-        let name =
-            OrgName::parse(&format!("{prefix} {i}")).map_err(|error| anyhow::anyhow!("{error}"))?;
-        let org = store.create_org(&name, Plan::Teams, now).await?.id;
-        store.set_verification(org, level).await?;
-        orgs.push(org);
-    }
-    Ok(orgs)
 }
 
 /// `count` listings, [`LISTINGS_PER_SELLER`] per seller, of quantities and asks drawn from
@@ -450,78 +418,6 @@ async fn list_all(market: &Arc<Market>, requests: Vec<ListRequest>) -> anyhow::R
         task.await??;
     }
     Ok(())
-}
-
-/// Tops up every buyer's wallet, in one ledger request.
-async fn fund(ledger: &credex_store::Ledger, buyers: &[OrgId]) -> anyhow::Result<()> {
-    let credit = AssetCode::credit();
-    let issuance = ledger
-        .ensure_account(&credit, Owner::Provider, AccountKind::Issuance)
-        .await?
-        .account
-        .id();
-    let amount = Amount::new(BUYER_CREDITS_MICRO_CR)?;
-    let metadata = Metadata::new("bench buy: credits")?;
-    let mut transfers = Vec::with_capacity(buyers.len());
-    for buyer in buyers {
-        let wallet = ledger
-            .ensure_account(&credit, Owner::Org(*buyer), AccountKind::Wallet)
-            .await?
-            .account
-            .id();
-        let movement = Movement::new(
-            issuance,
-            wallet,
-            credit.clone(),
-            amount,
-            TransferCode::TopUp,
-        )?;
-        let transfer = Transfer::new(
-            TransferId::generate(),
-            Action::Move(movement),
-            metadata.clone(),
-            false,
-        )?;
-        transfers.push(transfer);
-    }
-    for result in ledger.create_transfers(transfers).await? {
-        if let Err(error) = result {
-            bail!("a top-up failed: {error}");
-        }
-    }
-    Ok(())
-}
-
-/// A `market:trade` API key for each buyer, made by the admin as `POST
-/// /v1/orgs/{org_id}/api-keys` would.
-async fn api_keys(
-    store: &dyn Store,
-    buyers: &[OrgId],
-    now: Timestamp,
-) -> anyhow::Result<Vec<(OrgId, String)>> {
-    let email = Email::parse(ADMIN_EMAIL).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let (admin, _) = store
-        .user_by_email(&email)
-        .await?
-        .context("the benchmark's admin")?;
-    let scopes =
-        Scopes::new(vec![Scope::MarketTrade]).map_err(|error| anyhow::anyhow!("{error}"))?;
-    let name = ApiKeyName::parse("bench buy").map_err(|error| anyhow::anyhow!("{error}"))?;
-    let mut keys = Vec::with_capacity(buyers.len());
-    for buyer in buyers {
-        let (key, prefix) = tokens::api_key();
-        let new = NewApiKey {
-            org: *buyer,
-            name: name.clone(),
-            prefix: ApiKeyPrefix::parse(&prefix).map_err(|error| anyhow::anyhow!("{error}"))?,
-            secret_hash: TokenHash::from_bytes(tokens::digest(&key)),
-            scopes: scopes.clone(),
-            created_by: admin.id,
-        };
-        store.create_api_key(&new, now).await?;
-        keys.push((*buyer, key));
-    }
-    Ok(keys)
 }
 
 /// The load: buys by the buyers' keys, on schedule.

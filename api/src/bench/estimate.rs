@@ -20,8 +20,9 @@ use anyhow::{bail, Context};
 use credex_store::SystemClock;
 use tokio::sync::{mpsc, Mutex};
 
+use super::{ADMIN_EMAIL, ADMIN_PASSWORD};
 use crate::bench::http::{Connection, HttpAnswer};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::Application;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -77,9 +78,6 @@ impl EstimateMeasurement {
     }
 }
 
-const ADMIN_EMAIL: &str = "bench@credex.local";
-const ADMIN_PASSWORD: &str = "a long benchmark password";
-
 /// English prose, repeated until the prompt has enough tokens.
 const PROSE: &str = "The quarterly report shows that the logistics team reduced average \
     delivery times by eleven percent while keeping costs flat. Most of the gain came from \
@@ -87,45 +85,22 @@ const PROSE: &str = "The quarterly report shows that the logistics team reduced 
     since the spring. The finance group asks whether the savings will hold through the \
     holiday season, when volumes usually double and temporary staff need training. ";
 
+/// The head of the results' table.
+const TABLE_HEAD: &str =
+    "| backend | rate/s | clients | requests | achieved/s | p50 ms | p90 ms | p99 ms | max ms | server p50 ms | server p99 ms |";
+
 pub async fn run(args: &EstimateBenchArgs) -> anyhow::Result<Vec<EstimateMeasurement>> {
     if args.rate == 0 || args.clients == 0 || args.seconds == 0 {
         bail!("--rate, --clients and --seconds must be positive");
     }
     let prompt = prompt(&args.model, args.prompt_tokens)?;
-    println!(
-        "| backend | rate/s | clients | requests | achieved/s | p50 ms | p90 ms | p99 ms | max ms | server p50 ms | server p99 ms |"
-    );
-    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    let mut results = Vec::new();
-    let dir = tempfile::tempdir()?;
-    let sqlite = Config::new("127.0.0.1:0", dir.path());
-    results.push(measure_backend("sqlite", sqlite, args, &prompt).await?);
-    if let Some(server) = &args.postgres {
-        let name = format!("credex_bench_{}", uuid::Uuid::new_v4().simple());
-        super::admin_execute(server, &format!("CREATE DATABASE {name}"))
-            .await
-            .context("create the benchmark database on PostgreSQL")?;
-        let url = database_url(server, &name);
-        let config = Config::new("127.0.0.1:0", dir.path()).with_database_url(url);
-        let measured = measure_backend("postgres", config, args, &prompt).await;
-        super::admin_execute(
-            server,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await?;
-        results.push(measured?);
-    }
-    Ok(results)
-}
-
-/// `server` with its database replaced by `name`.
-fn database_url(server: &str, name: &str) -> String {
-    let host_start = server.find("://").map_or(0, |i| i + 3);
-    let base = match server[host_start..].find('/') {
-        Some(slash) => &server[..host_start + slash],
-        None => server,
-    };
-    format!("{base}/{name}")
+    super::on_fresh_databases(
+        args.postgres.as_deref(),
+        TABLE_HEAD,
+        args,
+        |backend, config, args| measure_backend(backend, config, args, &prompt),
+    )
+    .await
 }
 
 /// Prose of at least `tokens` tokens for `model`.
@@ -142,12 +117,10 @@ fn prompt(model: &str, tokens: u64) -> anyhow::Result<String> {
 
 async fn measure_backend(
     backend: &'static str,
-    mut config: Config,
+    config: Config,
     args: &EstimateBenchArgs,
     prompt: &str,
 ) -> anyhow::Result<EstimateMeasurement> {
-    config.admin_email = Some(ADMIN_EMAIL.to_owned());
-    config.admin_password = Some(Secret::new(ADMIN_PASSWORD));
     let app = Application::build_with_clock(&config, Arc::new(SystemClock)).await?;
     let port = app.port();
     let handle = app.handle();

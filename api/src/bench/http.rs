@@ -24,8 +24,14 @@ pub struct Connection {
 const ANSWER_MAX_BYTES: usize = 1 << 20;
 
 impl Connection {
+    /// A connection to the server on `port` of 127.0.0.1.
     pub async fn open(port: u16) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        Self::from_stream(TcpStream::connect(("127.0.0.1", port)).await?)
+    }
+
+    /// A connection over `stream`, already connected to the server (from a source address of
+    /// the caller's choosing, say).
+    pub fn from_stream(stream: TcpStream) -> anyhow::Result<Self> {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream: BufReader::new(stream),
