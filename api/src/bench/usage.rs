@@ -12,14 +12,19 @@
 //! client has an org of its own, the realistic case; `--orgs 1` puts every client on one org,
 //! whose charges the store serializes (each batch holds the org's lock).
 //!
-//! The load is **closed-loop**: each client sends its next request as soon as the previous one
-//! is answered, over its own keep-alive connection, so the figures are the throughput the
+//! The load is **closed-loop** by default (`--rate` makes it open-loop, below): each client
+//! sends its next request as soon as the previous one is answered, over its own keep-alive connection, so the figures are the throughput the
 //! server sustains with that many requests in flight and the latency each request saw from its
 //! send to its answer (the server's share plus the loopback; there is no schedule and so no
 //! queueing before the send). Every event has a fresh UUID v4 id (`gpt-4o-mini`, 1,200 input
 //! and 300 output tokens, task `bench`). The first `--warmup-seconds` are not counted. Every
 //! answer must be 201 with every event of the batch charged (a 402 would mean a wallet ran
 //! dry), or the run fails.
+//!
+//! With `--rate R` the load is **open-loop**: R requests per second in all, client *i*'s
+//! request *j* due at (i + j × clients) / R seconds, and each latency counted from the instant
+//! the request was due (no coordinated omission): the measure of a latency target at a given
+//! throughput, which closed-loop cannot give (its latency is about clients ÷ throughput).
 //!
 //! All clients connect from 127.0.0.1, so the server's per-address rate limit (a burst of
 //! 2,000 requests, then 2,000 a second) applies to them together; `--spread-addresses` binds
@@ -79,6 +84,10 @@ pub struct UsageBenchArgs {
     /// that the server's per-address rate limit applies to each client alone.
     #[arg(long)]
     pub spread_addresses: bool,
+    /// Open-loop at this many requests per second in all (spread evenly over the clients),
+    /// each request's latency counted from the instant it was due; without it, closed-loop.
+    #[arg(long)]
+    pub rate: Option<u32>,
 }
 
 /// One measurement.
@@ -125,7 +134,7 @@ const BATCH_MAX: usize = credex_store::USAGE_BATCH_MAX;
 
 /// The head of the results' table.
 const TABLE_HEAD: &str =
-    "| backend | batch | clients | orgs | seconds | requests | events | events/s | requests/s | p50 ms | p90 ms | p99 ms | max ms |";
+    "| backend | batch | clients | orgs | rate/s | seconds | requests | events | events/s | requests/s | p50 ms | p90 ms | p99 ms | max ms |";
 
 pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<Vec<UsageMeasurement>> {
     if args.clients == 0 || args.orgs == 0 || args.seconds == 0 {
@@ -136,6 +145,9 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<Vec<UsageMeasurement>>
     }
     if args.orgs > args.clients {
         bail!("--orgs must not exceed --clients (every org has a client)");
+    }
+    if args.rate == Some(0) {
+        bail!("--rate must be positive");
     }
     if args.spread_addresses && args.clients > 250 {
         bail!("--spread-addresses gives at most 250 clients an address of their own");
@@ -169,14 +181,22 @@ async fn measure_backend(
         batch: args.batch,
         clients: args.clients,
         spread_addresses: args.spread_addresses,
+        rate: args.rate,
     };
     let measured = async {
         // One request on its own first: a route that does not answer as expected fails here,
         // once.
         let mut sent = load.one().await?;
         eprintln!(
-            "bench usage: {backend}, {} events per request, {} clients closed-loop for {} s after {} s of warm-up",
-            args.batch, args.clients, args.seconds, args.warmup_seconds
+            "bench usage: {backend}, {} events per request, {} clients {} for {} s after {} s of warm-up",
+            args.batch,
+            args.clients,
+            args.rate.map_or_else(
+                || "closed-loop".to_owned(),
+                |rate| format!("open-loop at {rate} requests/s")
+            ),
+            args.seconds,
+            args.warmup_seconds
         );
         let warm = load.drive(args.warmup_seconds).await?;
         add(&mut sent, &warm.charged);
@@ -197,11 +217,13 @@ async fn measure_backend(
     let (measurement, sent) = measured?;
     check(&config, &load.world, &sent).await?;
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         measurement.backend,
         measurement.batch,
         measurement.clients,
         measurement.orgs,
+        args.rate
+            .map_or_else(|| "closed".to_owned(), |rate| rate.to_string()),
         seconds(measurement.elapsed),
         measurement.requests,
         measurement.events,
@@ -305,7 +327,7 @@ async fn set_up(config: &Config, args: &UsageBenchArgs) -> anyhow::Result<World>
     world
 }
 
-/// The load: batches of events by the clients' keys, closed-loop.
+/// The load: batches of events by the clients' keys, closed-loop or at a rate.
 #[derive(Debug)]
 struct Load {
     port: u16,
@@ -313,6 +335,8 @@ struct Load {
     batch: usize,
     clients: usize,
     spread_addresses: bool,
+    /// Requests per second in all (open-loop), or none (closed-loop).
+    rate: Option<u32>,
 }
 
 /// What a drive did: its requests' latencies, how long it took, and the events charged per
@@ -434,7 +458,10 @@ impl Load {
         Ok(charged)
     }
 
-    /// `seconds` of batches: each client sends its next as soon as the previous is answered.
+    /// `seconds` of batches: closed-loop, each client sends its next as soon as the previous
+    /// is answered; open-loop (`rate`), client `i`'s request `j` is due at `(i + j × clients) /
+    /// rate` seconds from the start, sent then (or at once when the client is behind), and its
+    /// latency runs from that instant, so a slow answer delays the next and is counted.
     async fn drive(&self, seconds: u32) -> anyhow::Result<Run> {
         let mut connections = Vec::with_capacity(self.clients);
         for index in 0..self.clients {
@@ -444,14 +471,29 @@ impl Load {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(u64::from(seconds));
         let mut tasks = Vec::with_capacity(self.clients);
+        let clients = u128::try_from(self.clients)?;
+        let rate = self.rate;
         for (index, mut connection) in connections.into_iter().enumerate() {
             let client = Client::new(self, index);
             let stop = stop.clone();
+            let index = u128::try_from(index)?;
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut sent: u128 = 0;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    let due = rate.map(|rate| {
+                        let nanos = (index + sent * clients) * 1_000_000_000 / u128::from(rate);
+                        started + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+                    });
+                    if let Some(due) = due {
+                        if due >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    sent += 1;
                     match client.send(&mut connection).await {
-                        Ok(latency) => latencies.push(latency),
+                        Ok(latency) => latencies.push(due.map_or(latency, |due| due.elapsed())),
                         Err(error) => {
                             // The others stop too: the run has failed.
                             stop.store(true, Ordering::Relaxed);
