@@ -147,10 +147,10 @@ mod tests {
         let after_wrong = ARGON2_VERIFICATIONS.load(Ordering::SeqCst);
         assert!(!verify(secret("wrong password here"), None).await);
         let after_unknown = ARGON2_VERIFICATIONS.load(Ordering::SeqCst);
-        assert_eq!(after_wrong - before, 1, "a wrong password is verified");
-        assert_eq!(
-            after_unknown - after_wrong,
-            1,
+        // At least: other tests in the same process (under `cargo test`) may verify too.
+        assert!(after_wrong > before, "a wrong password is verified");
+        assert!(
+            after_unknown > after_wrong,
             "an unknown user is verified too"
         );
     }
