@@ -7,6 +7,26 @@ use credex_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Runs `pass` every `period` (the first at once) until `stop` turns true. A pass that runs
+/// late delays the next one rather than bunching them.
+fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut pass: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            pass().await;
+        }
+    })
+}
+
 /// How many pending transfers one expiry pass releases at most.
 pub const EXPIRY_BATCH: u32 = 1_000;
 
@@ -16,16 +36,11 @@ pub const EXPIRY_BATCH: u32 = 1_000;
 pub fn spawn_expiry(
     store: Arc<dyn Store>,
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+    every(period, stop, move || {
+        let store = store.clone();
+        async move {
             loop {
                 match store.expire_pending(EXPIRY_BATCH).await {
                     Ok(EXPIRY_BATCH) => continue,
@@ -48,16 +63,11 @@ pub fn spawn_expiry(
 pub fn spawn_idempotency_purge(
     store: Arc<dyn Store>,
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+    every(period, stop, move || {
+        let store = store.clone();
+        async move {
             let retention = i64::from(crate::idempotency::RETENTION_HOURS) * 3_600 * 1_000_000;
             let before = store.clock().now().plus_micros(-retention);
             match store.idempotency_purge(before).await {
@@ -74,16 +84,11 @@ pub fn spawn_idempotency_purge(
 pub fn spawn_history_purge(
     store: Arc<dyn Store>,
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+    every(period, stop, move || {
+        let store = store.clone();
+        async move {
             match crate::usage::purge_history(store.as_ref()).await {
                 Ok(0) => {}
                 Ok(count) => {
@@ -104,30 +109,25 @@ pub const SWEEP_EVERY: u64 = 60;
 pub fn spawn_cycles(
     ledger: Arc<credex_store::Ledger>,
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     use crate::cycles::{close_cycle, open_cycle, CycleId};
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut passes: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
-            passes = passes.wrapping_add(1);
+    let mut passes: u64 = 0;
+    every(period, stop, move || {
+        passes = passes.wrapping_add(1);
+        // Every `SWEEP_EVERY` passes, closed cycles of the last 40 days are closed again: a
+        // hold released after its cycle closed frees tokens, and this expires them.
+        let sweep = passes % SWEEP_EVERY == 1;
+        let ledger = ledger.clone();
+        async move {
             let now = ledger.store().clock().now();
             let ended = match ledger.store().cycles(120).await {
                 Ok(cycles) => cycles,
                 Err(error) => {
                     tracing::warn!(%error, "reading the cycles failed");
-                    continue;
+                    return;
                 }
             };
-            // Every `SWEEP_EVERY` passes, closed cycles of the last 40 days are closed again:
-            // a hold released after its cycle closed frees tokens, and this expires them.
-            let sweep = passes % SWEEP_EVERY == 1;
             let recent = now.plus_micros(-40 * 86_400_000_000);
             for record in ended.iter().filter(|c| {
                 c.ends_at <= now && (c.closed_at.is_none() || (sweep && c.ends_at >= recent))
@@ -156,16 +156,11 @@ pub const AUTO_SALE_BATCH: u32 = 500;
 pub fn spawn_auto_sales(
     market: Arc<crate::market::Market>,
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+    every(period, stop, move || {
+        let market = market.clone();
+        async move {
             match market.run_auto_sales(AUTO_SALE_BATCH).await {
                 Ok(report) if report.sold > 0 || report.refused > 0 => {
                     tracing::info!(
@@ -188,17 +183,12 @@ pub fn spawn_auto_sales(
 pub fn spawn_review(
     store: Arc<dyn Store>,
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let policy = crate::review::ReviewPolicy::default();
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+    let policy = crate::review::ReviewPolicy::default();
+    every(period, stop, move || {
+        let store = store.clone();
+        async move {
             let now = store.clock().now();
             match crate::review::scan(store.as_ref(), &policy, now).await {
                 Ok(report) if report.raised > 0 => {
