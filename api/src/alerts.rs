@@ -275,16 +275,11 @@ pub fn spawn(
     alerts: Arc<Alerts>,
     market: Arc<Market>,
     period: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
+    crate::jobs::every(period, stop, move || {
+        let (alerts, market) = (alerts.clone(), market.clone());
+        async move {
             match alerts.run(&market).await {
                 Ok(report) if report.delivered > 0 || report.failed > 0 => {
                     tracing::info!(

@@ -9,7 +9,11 @@ use tokio::task::JoinHandle;
 
 /// Runs `pass` every `period` (the first at once) until `stop` turns true. A pass that runs
 /// late delays the next one rather than bunching them.
-fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut pass: F) -> JoinHandle<()>
+pub(crate) fn every<F, Fut>(
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut pass: F,
+) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
