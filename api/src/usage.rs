@@ -457,10 +457,9 @@ impl Usage {
         let mut token_accounts: HashMap<AssetCode, EventAccounts> = HashMap::new();
         let credit = AssetCode::credit();
         let wallet = self
-            .store()
-            .find_account(&credit, Owner::Org(org), AccountKind::Wallet)
-            .await?
-            .map(|view| view.account.id());
+            .accounts
+            .find(&self.ledger, &credit, Owner::Org(org), AccountKind::Wallet)
+            .await?;
         let credit_spent = self
             .accounts
             .get(&self.ledger, &credit, Owner::Provider, AccountKind::Spent)
@@ -519,11 +518,9 @@ impl Usage {
         wallet: Option<AccountId>,
         credit_spent: AccountId,
     ) -> Result<EventAccounts, UsageError> {
-        let find = |kind| async move {
-            self.store()
-                .find_account(asset, Owner::Org(org), kind)
-                .await
-                .map(|found| found.map(|view| view.account.id()))
+        let find = |kind| {
+            self.accounts
+                .find(&self.ledger, asset, Owner::Org(org), kind)
         };
         let acquired = find(AccountKind::Acquired).await?;
         let alloc = find(AccountKind::Alloc).await?;

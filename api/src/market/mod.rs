@@ -203,12 +203,37 @@ impl AccountBook {
             .await?
             .account
             .id();
+        self.remember(key, id);
+        Ok(id)
+    }
+
+    /// The account if it exists (not made): a found id is remembered, a missing one is looked
+    /// up again next time (it may have been made since).
+    pub(crate) async fn find(
+        &self,
+        ledger: &Ledger,
+        asset: &AssetCode,
+        owner: Owner,
+        kind: AccountKind,
+    ) -> Result<Option<AccountId>, StoreError> {
+        let key = (asset.clone(), owner, kind);
+        if let Some(id) = self.ids.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(Some(*id));
+        }
+        let Some(found) = ledger.store().find_account(asset, owner, kind).await? else {
+            return Ok(None);
+        };
+        let id = found.account.id();
+        self.remember(key, id);
+        Ok(Some(id))
+    }
+
+    fn remember(&self, key: (AssetCode, Owner, AccountKind), id: AccountId) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         if ids.len() >= ACCOUNT_CACHE_MAX {
             ids.clear();
         }
         ids.insert(key, id);
-        Ok(id)
     }
 
     async fn market(
