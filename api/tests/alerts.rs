@@ -200,6 +200,19 @@ async fn alerts_fire_once_by_email_and_webhook(db: &TestDb) {
     )
     .await;
     assert_eq!(cancel.body["state"], "cancelled", "{}", cancel.body);
+    // Cancelled, it is gone from its address (the list keeps it, as history).
+    let gone = call(
+        &service,
+        bearer(
+            test::TestRequest::get().uri(&format!(
+                "/v1/orgs/{org}/price-alerts/{}",
+                cancelled.body["id"].as_str().expect("id")
+            )),
+            &owner,
+        ),
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
     for (body, why) in [
         (
             json!({"channel": "webhook", "url": "https://hooks.example.com/"}),

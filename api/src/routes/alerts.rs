@@ -305,7 +305,9 @@ async fn own_alert(
         .alert(id)
         .await
         .map_err(|error| internal(&error))?
-        .filter(|alert| alert.org == org)
+        // A cancelled alert is deleted as far as its address goes (the list keeps it as
+        // history, with its state).
+        .filter(|alert| alert.org == org && alert.state != AlertState::Cancelled)
         .ok_or_else(not_found)
 }
 
@@ -323,7 +325,7 @@ async fn own_alert(
         (status = 200, description = "The alert", body = AlertView),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An API key without the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such org or alert", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org or alert, or the alert was cancelled", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_price_alert(
@@ -335,8 +337,9 @@ pub async fn get_price_alert(
     Ok(HttpResponse::Ok().json(AlertView::from(&alert)))
 }
 
-/// Cancels an active price alert (members; API keys need `market:trade`); an alert that fired
-/// or was cancelled is answered as it is.
+/// Cancels a price alert (members; API keys need `market:trade`): it never fires, and its
+/// address answers 404 from then on (the list keeps it, `cancelled`). An alert that already
+/// fired is answered as it is.
 #[utoipa::path(
     delete,
     path = "/v1/orgs/{org_id}/price-alerts/{alert_id}",
@@ -350,7 +353,7 @@ pub async fn get_price_alert(
         (status = 200, description = "The alert as it is now", body = AlertView),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An API key without `market:trade`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such org or alert", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such org or alert, or the alert was cancelled", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel_price_alert(
