@@ -22,7 +22,7 @@ relate two values rather than constrain one:
   conformance server has no SMTP relay, so e-mail alerts answer 409 first.
 - A usage batch's event ids are distinct and neither the nil nor the max UUID, an event
   happened by now, when its model has a price, and its metadata is at most 4,096 bytes of JSON
-  (422 otherwise).
+  (422 otherwise). A reservation and a settling call are fitted the same way.
 - A budget's (and a forecast's) time zone is an IANA name, and a budget's thresholds are
   distinct percents of 1 to 1,000 in ascending order (422 otherwise).
 - A preview's `cached_input_tokens` are part of the prompt, so at most its token count (422
@@ -287,3 +287,8 @@ def before_call(context, case, kwargs):
         _fit_usage(case.body)
     elif case.path == "/v1/orgs/{org_id}/budgets":
         _fit_budget(case.body)
+    elif case.path in (
+        "/v1/orgs/{org_id}/reservations",
+        "/v1/orgs/{org_id}/reservations/{reservation_id}/settle",
+    ) and isinstance(case.body, dict):
+        _fit_usage({"events": [case.body]})

@@ -169,6 +169,7 @@ pub fn app(
         .configure(routes::alerts::configure)
         .configure(routes::usage::configure)
         .configure(routes::budgets::configure)
+        .configure(routes::reservations::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }

@@ -35,6 +35,8 @@ use crate::cycles::{derived_id, CycleId};
 use crate::market::AccountBook;
 use crate::problem::ApiError;
 
+pub mod reservations;
+
 /// How long each plan keeps its per-call history (the seed's tiers: 7 days on Free, 90 on
 /// Teams, unlimited on Enterprise). The ledger keeps every charge whatever the plan.
 pub fn history_retention_days(plan: credex_store::Plan) -> Option<u32> {
@@ -169,6 +171,12 @@ pub enum UsageError {
         limit_micro_cr: u64,
         would_spend_micro_cr: u64,
     },
+    #[error("no reservation {id}")]
+    NoReservation { id: Uuid },
+    #[error("reservation {id} is {state}: it holds nothing any more")]
+    ReservationClosed { id: Uuid, state: &'static str },
+    #[error("reservation {id} is for another call: {what}")]
+    ReservationMismatch { id: Uuid, what: String },
     #[error("no such org")]
     NoOrg,
     #[error("the ledger refused a charge: {0:?}")]
@@ -291,7 +299,7 @@ impl Usage {
     }
 
     /// Counts a batch's outcome.
-    fn count(&self, outcome: &Result<Vec<RecordedUsage>, UsageError>, alerts: u64) {
+    fn count(&self, outcome: Result<&[RecordedUsage], &UsageError>, alerts: u64) {
         let mut counts = self
             .counts
             .lock()
@@ -347,7 +355,7 @@ impl Usage {
     ) -> Result<Vec<RecordedUsage>, UsageError> {
         let mut alerts = 0;
         let outcome = self.record_batch(org, events, &mut alerts).await;
-        self.count(&outcome, alerts);
+        self.count(outcome.as_deref(), alerts);
         outcome
     }
 
@@ -382,6 +390,7 @@ impl Usage {
             events: priced.iter().map(|p| p.event.id).collect(),
             balances: Vec::new(),
             spend: Vec::new(),
+            reservations: Vec::new(),
         };
         for p in &priced {
             reads.spend.extend(
@@ -400,19 +409,36 @@ impl Usage {
         }
         reads.balances.sort_unstable();
         reads.balances.dedup();
+        self.run(org, &reads, |view| {
+            let (write, recorded) = plan(org, view, &priced, &budgets)?;
+            *alerts = u64::try_from(write.alerts.len()).unwrap_or(u64::MAX);
+            let write = (!write.records.is_empty()).then_some(write);
+            Ok((write, recorded))
+        })
+        .await
+    }
+
+    /// Runs a decision under the org's lock ([`credex_store::UsageStore::usage_tx`]) and
+    /// writes what it answers (nothing for `None`); when the ledger refuses a chain (a balance
+    /// fell between the read and the write: another writer spent it), decides again from a
+    /// fresh read, at most [`REFUSED_RETRIES`] more times.
+    async fn run<T: Send>(
+        &self,
+        org: OrgId,
+        reads: &UsageReads,
+        mut decide: impl FnMut(&UsageView) -> Result<(Option<UsageWrite>, T), UsageError> + Send,
+    ) -> Result<T, UsageError> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut decided: Option<Result<Vec<RecordedUsage>, UsageError>> = None;
+            let mut decided: Option<Result<T, UsageError>> = None;
             let outcome = {
-                let mut decide = |view: &UsageView| match plan(org, view, &priced, &budgets) {
-                    Ok((write, recorded)) => {
-                        *alerts = u64::try_from(write.alerts.len()).unwrap_or(u64::MAX);
-                        decided = Some(Ok(recorded));
-                        if write.records.is_empty() {
-                            UsageStep::Stop
-                        } else {
-                            UsageStep::Write(Box::new(write))
+                let mut step = |view: &UsageView| match decide(view) {
+                    Ok((write, answer)) => {
+                        decided = Some(Ok(answer));
+                        match write {
+                            Some(write) => UsageStep::Write(Box::new(write)),
+                            None => UsageStep::Stop,
                         }
                     }
                     Err(error) => {
@@ -420,12 +446,13 @@ impl Usage {
                         UsageStep::Stop
                     }
                 };
-                self.store().usage_tx(org, &reads, &mut decide).await?
+                self.store().usage_tx(org, reads, &mut step).await?
             };
             match outcome {
                 UsageTxOutcome::NoOrg => return Err(UsageError::NoOrg),
                 UsageTxOutcome::Stopped | UsageTxOutcome::Committed => {
-                    return decided.unwrap_or_else(|| Err(corrupt("a usage batch ended undecided")))
+                    return decided
+                        .unwrap_or_else(|| Err(corrupt("a usage decision ended undecided")))
                 }
                 UsageTxOutcome::Refused { results } => {
                     if tries > REFUSED_RETRIES {
@@ -444,7 +471,10 @@ impl Usage {
                             .unwrap_or(TransferError::LinkedEventFailed);
                         return Err(UsageError::Ledger(error));
                     }
-                    tracing::debug!(tries, "a balance fell under a usage batch; deciding again");
+                    tracing::debug!(
+                        tries,
+                        "a balance fell under a usage decision; deciding again"
+                    );
                 }
             }
         }
@@ -640,40 +670,16 @@ fn plan(
         }
         // Budgets first: a hard one refuses the event (and so the batch) before any balance
         // is looked at; every one that applies counts the call's whole cost.
-        for (budget_index, start) in &p.budgets {
-            let budget = budgets
-                .get(*budget_index)
-                .ok_or_else(|| corrupt("an event counted in a budget that is not there"))?;
-            let key = (budget.id(), *start);
-            let before = spent.get(&key).copied().unwrap_or(0);
-            let after = before.saturating_add(p.cost_micro_cr);
-            if budget.is_hard() && after > budget.limit_micro_cr() {
-                return Err(UsageError::BudgetExceeded {
-                    index,
-                    id,
-                    budget: budget.id(),
-                    name: budget.name().to_owned(),
-                    limit_micro_cr: budget.limit_micro_cr(),
-                    would_spend_micro_cr: after,
-                });
-            }
-            for threshold in budget.crossed(before, after) {
-                write.alerts.push(BudgetAlertRecord {
-                    id: Uuid::now_v7(),
-                    budget: budget.id(),
-                    org,
-                    period_start: *start,
-                    threshold,
-                    spent_micro_cr: after,
-                    limit_micro_cr: budget.limit_micro_cr(),
-                    at: view.now,
-                });
-            }
-            spent.insert(key, after);
-            if !touched.contains(&key) {
-                touched.push(key);
-            }
-        }
+        count_budgets(
+            org,
+            view,
+            p,
+            index,
+            budgets,
+            &mut spent,
+            &mut touched,
+            &mut write.alerts,
+        )?;
         let mut take = |account: Option<AccountId>, wanted: u64| -> u64 {
             let Some(balance) = account.and_then(|id| available.get_mut(&id)) else {
                 return 0;
@@ -736,17 +742,67 @@ fn plan(
     Ok((write, answers))
 }
 
-/// The event's linked chain: each non-zero leg, `spend`, ids derived from the org and event.
-fn chain(
+/// Counts an event's cost in every budget that applies to it (`spent`, `touched`), refusing it
+/// when a hard budget's spend plus what reservations hold against it would pass the limit, and
+/// noting every threshold the spend crosses.
+#[allow(clippy::too_many_arguments)]
+fn count_budgets(
     org: OrgId,
+    view: &UsageView,
+    p: &Priced,
+    index: usize,
+    budgets: &[Budget],
+    spent: &mut HashMap<(Uuid, Timestamp), u64>,
+    touched: &mut Vec<(Uuid, Timestamp)>,
+    alerts: &mut Vec<BudgetAlertRecord>,
+) -> Result<(), UsageError> {
+    let id = p.event.id;
+    for (budget_index, start) in &p.budgets {
+        let budget = budgets
+            .get(*budget_index)
+            .ok_or_else(|| corrupt("an event counted in a budget that is not there"))?;
+        let key = (budget.id(), *start);
+        let before = spent.get(&key).copied().unwrap_or(0);
+        let after = before.saturating_add(p.cost_micro_cr);
+        let held = view.held.get(&key).copied().unwrap_or(0);
+        if budget.is_hard() && after.saturating_add(held) > budget.limit_micro_cr() {
+            return Err(UsageError::BudgetExceeded {
+                index,
+                id,
+                budget: budget.id(),
+                name: budget.name().to_owned(),
+                limit_micro_cr: budget.limit_micro_cr(),
+                would_spend_micro_cr: after.saturating_add(held),
+            });
+        }
+        for threshold in budget.crossed(before, after) {
+            alerts.push(BudgetAlertRecord {
+                id: Uuid::now_v7(),
+                budget: budget.id(),
+                org,
+                period_start: *start,
+                threshold,
+                spent_micro_cr: after,
+                limit_micro_cr: budget.limit_micro_cr(),
+                at: view.now,
+            });
+        }
+        spent.insert(key, after);
+        if !touched.contains(&key) {
+            touched.push(key);
+        }
+    }
+    Ok(())
+}
+
+/// An event's movements: each non-zero leg (`acquired`, `alloc`, `wallet`) into `spent`, code
+/// `spend`, named.
+fn movements(
     p: &Priced,
     from_acquired: u64,
     from_alloc: u64,
     from_wallet: u64,
-) -> Result<Vec<Transfer>, UsageError> {
-    let org_text = org.to_string();
-    let event_text = p.event.id.to_string();
-    let id = |leg: &str| -> TransferId { derived_id(&["usage", &org_text, &event_text, leg]) };
+) -> Result<Vec<(&'static str, Movement)>, UsageError> {
     let credit = AssetCode::credit();
     let legs = [
         (
@@ -771,9 +827,7 @@ fn chain(
             from_wallet,
         ),
     ];
-    let metadata = credex_ledger::Metadata::new(format!(r#"{{"usage_event_id":"{event_text}"}}"#))
-        .map_err(corrupt)?;
-    let mut chain = Vec::new();
+    let mut out = Vec::new();
     for (leg, debit, credit_account, asset, amount) in legs {
         if amount == 0 {
             continue;
@@ -790,15 +844,44 @@ fn chain(
             TransferCode::Spend,
         )
         .map_err(corrupt)?;
-        chain.push(Transfer::movement(id(leg), movement).with_metadata(metadata.clone()));
+        out.push((leg, movement));
     }
-    // Linked: every leg but the last carries the flag, so the chain commits or fails whole.
+    Ok(out)
+}
+
+/// Links a chain: every transfer but the last carries the flag, so it commits or fails whole.
+fn linked(chain: Vec<Transfer>) -> Vec<Transfer> {
     let last = chain.len().saturating_sub(1);
-    Ok(chain
+    chain
         .into_iter()
         .enumerate()
         .map(|(i, transfer)| transfer.with_linked(i < last))
-        .collect())
+        .collect()
+}
+
+/// The event's linked chain: each non-zero leg, `spend`, ids derived from the org and event.
+fn chain(
+    org: OrgId,
+    p: &Priced,
+    from_acquired: u64,
+    from_alloc: u64,
+    from_wallet: u64,
+) -> Result<Vec<Transfer>, UsageError> {
+    let org_text = org.to_string();
+    let event_text = p.event.id.to_string();
+    let metadata = usage_metadata(p.event.id)?;
+    let chain = movements(p, from_acquired, from_alloc, from_wallet)?
+        .into_iter()
+        .map(|(leg, movement)| {
+            let id = derived_id(&["usage", &org_text, &event_text, leg]);
+            Transfer::movement(id, movement).with_metadata(metadata.clone())
+        })
+        .collect();
+    Ok(linked(chain))
+}
+
+fn usage_metadata(event: Uuid) -> Result<credex_ledger::Metadata, UsageError> {
+    credex_ledger::Metadata::new(format!(r#"{{"usage_event_id":"{event}"}}"#)).map_err(corrupt)
 }
 
 #[cfg(test)]

@@ -215,6 +215,25 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ("get_budget", Who::Member, None),
         ("delete_budget", Who::Owner, None),
         ("budget_alerts", Who::Member, None),
+        (
+            "create_reservation",
+            Who::Member,
+            Some(
+                json!({"id": "01a21a6b-5f3c-7d2e-9a41-5f7c0b1e2d40", "model": "gpt-4o-mini",
+                "input_tokens": 10, "output_tokens": 5}),
+            ),
+        ),
+        ("list_reservations", Who::Member, None),
+        ("get_reservation", Who::Member, None),
+        (
+            "settle_reservation",
+            Who::Member,
+            Some(
+                json!({"id": "01a21a6b-5f3c-7d2e-9a41-5f7c0b1e2d41", "model": "gpt-4o-mini",
+                "input_tokens": 10, "output_tokens": 5}),
+            ),
+        ),
+        ("release_reservation", Who::Member, None),
         ("review_flags", Who::Admin, None),
         ("review_scan", Who::Admin, None),
         ("clear_flag", Who::Admin, Some(json!({"note": "fine"}))),

@@ -18,6 +18,7 @@ fn request(method: &str, uri: &str, token: &str, body: Option<Value>) -> test::T
     let request = match method {
         "GET" => test::TestRequest::get(),
         "POST" => test::TestRequest::post(),
+        "DELETE" => test::TestRequest::delete(),
         other => panic!("{other}"),
     }
     .uri(uri);
@@ -274,6 +275,7 @@ async fn usage_through_http(db: &TestDb) {
     )
     .await;
     expect(&made, StatusCode::CREATED, "an org budget");
+    let tight = made.body["id"].as_str().expect("an id").to_owned();
     let preview = call(
         &service,
         request(
@@ -425,6 +427,103 @@ async fn usage_through_http(db: &TestDb) {
     assert!(lines[0].starts_with("id,occurred_at,"));
     assert!(lines[1].contains(",gpt-6-sol,pro,"), "{}", lines[1]);
     assert!(lines[1].contains("\"{\"\"ticket\"\":42}\""), "{}", lines[1]);
+
+    // Reservations (with the tight daily budget deleted): the key holds a call's worst case
+    // (10,000 output tokens: 0.1 CR from the wallet), settles it with the real call (2,000
+    // output tokens: 0.02 CR), and the rest is free again.
+    let deleted = call(
+        &service,
+        request(
+            "DELETE",
+            &format!("/v1/orgs/{org}/budgets/{tight}"),
+            &alice,
+            None,
+        ),
+    )
+    .await;
+    expect(&deleted, StatusCode::NO_CONTENT, "deleted");
+    let reservations = format!("/v1/orgs/{org}/reservations");
+    let before = wallet().await;
+    let hold = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e80", "model": "gpt-6-sol",
+        "input_tokens": 0, "output_tokens": 10_000, "timeout_seconds": 60, "task": "drafts"});
+    let held = call(
+        &service,
+        request("POST", &reservations, &key, Some(hold.clone())),
+    )
+    .await;
+    expect(&held, StatusCode::CREATED, "held");
+    assert_eq!(held.body["state"], "pending", "{}", held.body);
+    assert_eq!(held.body["from_wallet_micro_cr"], 100_000);
+    assert_eq!(held.body["api_key_id"], key_id.as_str());
+    let location = held
+        .headers
+        .get("location")
+        .expect("a Location")
+        .to_str()
+        .expect("a Location")
+        .to_owned();
+    assert_eq!(
+        location,
+        format!("{reservations}/0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e80")
+    );
+    assert_eq!(
+        wallet().await,
+        before - 100_000,
+        "held amounts are not available"
+    );
+    let replay = call(&service, request("POST", &reservations, &key, Some(hold))).await;
+    expect(&replay, StatusCode::OK, "a replay");
+    let read = call(&service, request("GET", &location, &alice, None)).await;
+    expect(&read, StatusCode::OK, "read back");
+    assert_eq!(read.body["cost_micro_cr"], 100_000);
+    let used = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e81", "model": "gpt-6-sol",
+        "input_tokens": 0, "output_tokens": 2_000, "task": "drafts"});
+    let settle = format!("{location}/settle");
+    let settled = call(&service, request("POST", &settle, &key, Some(used.clone()))).await;
+    expect(&settled, StatusCode::CREATED, "settled");
+    assert_eq!(
+        settled.body["reservation"]["state"], "settled",
+        "{}",
+        settled.body
+    );
+    assert_eq!(settled.body["event"]["from_wallet_micro_cr"], 20_000);
+    assert_eq!(wallet().await, before - 20_000);
+    let again = call(&service, request("POST", &settle, &key, Some(used))).await;
+    expect(&again, StatusCode::OK, "a settled replay");
+    assert_eq!(again.body["replayed"], true);
+    let released = call(
+        &service,
+        request("POST", &format!("{location}/release"), &key, None),
+    )
+    .await;
+    expect(&released, StatusCode::CONFLICT, "settled, not releasable");
+    // A worst case past the wallet is refused with 402, holding nothing; unknown ids are 404;
+    // a bad timeout is 422.
+    let huge = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e82", "model": "gpt-6-sol",
+        "input_tokens": 0, "output_tokens": 100_000_000, "task": "drafts"});
+    let refused = call(&service, request("POST", &reservations, &key, Some(huge))).await;
+    expect(&refused, StatusCode::PAYMENT_REQUIRED, "cannot hold");
+    let missing = call(
+        &service,
+        request(
+            "POST",
+            &format!("{reservations}/0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e83/release"),
+            &key,
+            None,
+        ),
+    )
+    .await;
+    expect(&missing, StatusCode::NOT_FOUND, "no such reservation");
+    let bad = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e84", "model": "gpt-6-sol",
+        "input_tokens": 1, "output_tokens": 1, "timeout_seconds": 0});
+    let bad = call(&service, request("POST", &reservations, &key, Some(bad))).await;
+    expect(&bad, StatusCode::UNPROCESSABLE_ENTITY, "a bad timeout");
+    let listed = call(&service, request("GET", &reservations, &alice, None)).await;
+    expect(&listed, StatusCode::OK, "listed");
+    assert_eq!(
+        listed.body["reservations"].as_array().map(Vec::len),
+        Some(1)
+    );
     fixture.close().await;
 }
 

@@ -107,6 +107,95 @@ pub struct BudgetAlertRecord {
     pub at: Timestamp,
 }
 
+/// Where a reservation stands. A pending one past its `expires_at` is expired: the ledger's
+/// expiry job voids its chain, and it holds nothing against any budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    Pending,
+    Settled,
+    Released,
+}
+
+impl ReservationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Settled => "settled",
+            Self::Released => "released",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Settled, Self::Released]
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+}
+
+/// A reservation as recorded: the worst-case cost of a call, held by a chain of pending
+/// transfers until it is settled, released or expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReservationRecord {
+    pub org: OrgId,
+    /// The org's own id for the reservation.
+    pub id: Uuid,
+    pub model: String,
+    pub class: String,
+    pub asset: String,
+    /// The worst case the call may use.
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    /// The worst case at the model's price: what budgets count while it is held.
+    pub cost_micro_cr: u64,
+    /// Tokens held in `acquired`.
+    pub from_acquired: u64,
+    /// Tokens held in `alloc`.
+    pub from_alloc: u64,
+    /// µCR held in the wallet.
+    pub from_wallet_micro_cr: u64,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+    pub task: Option<String>,
+    pub conversation: Option<String>,
+    /// SHA-256 of the reservation as first asked.
+    pub fingerprint: [u8; 32],
+    /// The pending transfers (acquired, alloc, wallet legs that hold anything).
+    pub transfer_ids: Vec<TransferId>,
+    pub state: ReservationState,
+    /// When it was settled or released.
+    pub resolved_at: Option<Timestamp>,
+    /// The usage event it was settled with.
+    pub usage_event: Option<Uuid>,
+}
+
+impl ReservationRecord {
+    /// Whether it holds anything at `now`: pending and not yet expired.
+    pub fn holds_at(&self, now: Timestamp) -> bool {
+        self.state == ReservationState::Pending && now < self.expires_at
+    }
+}
+
+/// A new reservation and what it holds against each budget period it counts in.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub record: ReservationRecord,
+    /// (budget, period start, µCR held).
+    pub budgets: Vec<(Uuid, Timestamp, u64)>,
+}
+
+/// A pending reservation settled (with a usage event) or released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservationResolution {
+    pub id: Uuid,
+    pub state: ReservationState,
+    pub usage_event: Option<Uuid>,
+}
+
 /// How usage totals are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageGroup {
@@ -159,8 +248,12 @@ pub struct UsageReads {
     pub events: Vec<Uuid>,
     /// Accounts whose current balances (sums of stripes) the decision needs.
     pub balances: Vec<AccountId>,
-    /// Budget periods (budget, period start) whose spend the decision needs.
+    /// Budget periods (budget, period start) whose spend the decision needs; their amounts
+    /// held by reservations are read too.
     pub spend: Vec<(Uuid, Timestamp)>,
+    /// Reservations that may exist (to create, replay, settle or release). What they hold is
+    /// left out of [`UsageView::held`]: the decision replaces it.
+    pub reservations: Vec<Uuid>,
 }
 
 /// What a usage transaction read, handed to its decision.
@@ -174,6 +267,11 @@ pub struct UsageView {
     pub balances: HashMap<AccountId, Balance>,
     /// What each budget period asked for has spent so far (0 when nothing yet).
     pub spent: HashMap<(Uuid, Timestamp), u64>,
+    /// What the other reservations that hold at `now` hold against each budget period asked
+    /// for (0 when nothing).
+    pub held: HashMap<(Uuid, Timestamp), u64>,
+    /// The reservations asked for that exist, by id.
+    pub reservations: HashMap<Uuid, ReservationRecord>,
 }
 
 /// What a usage decision writes: one linked chain per charged event, and the events' rows.
@@ -185,6 +283,10 @@ pub struct UsageWrite {
     pub spend: Vec<(Uuid, Timestamp, u64)>,
     /// Thresholds crossed (each recorded once per budget, period and threshold).
     pub alerts: Vec<BudgetAlertRecord>,
+    /// Reservations to create.
+    pub reservations: Vec<NewReservation>,
+    /// Pending reservations to settle or release (each must still be pending).
+    pub resolutions: Vec<ReservationResolution>,
 }
 
 /// A decision's answer.
@@ -241,6 +343,14 @@ pub trait UsageStore: Send + Sync {
     /// What a budget spent in the period that starts at `period_start`.
     async fn budget_spent(&self, id: Uuid, period_start: Timestamp) -> Result<u64, StoreError>;
 
+    /// What reservations that hold at `now` hold against a budget's period.
+    async fn budget_held(
+        &self,
+        id: Uuid,
+        period_start: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+
     /// An org's budget alerts, newest first, at most `limit`.
     async fn budget_alerts(
         &self,
@@ -265,6 +375,22 @@ pub trait UsageStore: Send + Sync {
         plan: crate::identity::Plan,
         before: Timestamp,
     ) -> Result<u64, StoreError>;
+
+    /// An org's reservation.
+    async fn reservation(
+        &self,
+        org: OrgId,
+        id: Uuid,
+    ) -> Result<Option<ReservationRecord>, StoreError>;
+
+    /// An org's reservations, newest first (by creation, then id) after the cursor, at most
+    /// `limit` ([`USAGE_PAGE_MAX`]).
+    async fn reservations_of(
+        &self,
+        org: OrgId,
+        before: Option<(Timestamp, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<ReservationRecord>, StoreError>;
 
     /// An org's events that occurred in `[from, to)`, in (occurred, id) order after the cursor,
     /// at most `limit` ([`USAGE_PAGE_MAX`]).
@@ -297,7 +423,8 @@ macro_rules! shared_usage {
             use crate::identity::{AuditEntry, UserId};
             use crate::usage::{
                 UsageFilter, UsageGroup, UsageTotal,
-                BudgetAlertRecord, BudgetRecord, UsageDecision, UsageReads, UsageRecord,
+                BudgetAlertRecord, BudgetRecord, NewReservation, ReservationRecord,
+                ReservationResolution, ReservationState, UsageDecision, UsageReads, UsageRecord,
                 UsageStep, UsageStore, UsageTxOutcome, UsageView, INSERT_ROWS_MAX,
                 USAGE_BATCH_MAX, USAGE_PAGE_MAX,
             };
@@ -451,6 +578,196 @@ macro_rules! shared_usage {
                 Ok(())
             }
 
+
+            const RESERVATION_COLUMNS: &str = "org_id, id, model, class, asset, input_tokens, \
+                 cached_input_tokens, cache_write_tokens, output_tokens, cost_micro_cr, \
+                 from_acquired, from_alloc, from_wallet_micro_cr, created_at, expires_at, \
+                 user_id, api_key_id, task, conversation, fingerprint, transfer_ids, state, \
+                 resolved_at, usage_event_id";
+
+            fn reservation_record(row: &DbRow) -> Result<ReservationRecord, StoreError> {
+                let count = |column: &str| -> Result<u64, StoreError> {
+                    unsigned(row.try_get::<i64, _>(column)?)
+                };
+                let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+                let state: String = row.try_get("state")?;
+                Ok(ReservationRecord {
+                    org: crate::market::org_id(row.try_get("org_id")?)?,
+                    id: row.try_get("id")?,
+                    model: row.try_get("model")?,
+                    class: row.try_get("class")?,
+                    asset: row.try_get("asset")?,
+                    input_tokens: count("input_tokens")?,
+                    cached_input_tokens: count("cached_input_tokens")?,
+                    cache_write_tokens: count("cache_write_tokens")?,
+                    output_tokens: count("output_tokens")?,
+                    cost_micro_cr: count("cost_micro_cr")?,
+                    from_acquired: count("from_acquired")?,
+                    from_alloc: count("from_alloc")?,
+                    from_wallet_micro_cr: count("from_wallet_micro_cr")?,
+                    created_at: Timestamp::from_micros(row.try_get("created_at")?),
+                    expires_at: Timestamp::from_micros(row.try_get("expires_at")?),
+                    user: row.try_get("user_id")?,
+                    api_key: row.try_get("api_key_id")?,
+                    task: row.try_get("task")?,
+                    conversation: row.try_get("conversation")?,
+                    fingerprint: fingerprint.try_into().map_err(|_| {
+                        StoreError::corrupt("a reservation fingerprint of the wrong length")
+                    })?,
+                    transfer_ids: transfer_ids(&row.try_get::<String, _>("transfer_ids")?)?,
+                    state: ReservationState::parse(&state)
+                        .ok_or_else(|| StoreError::corrupt("an unknown reservation state"))?,
+                    resolved_at: row
+                        .try_get::<Option<i64>, _>("resolved_at")?
+                        .map(Timestamp::from_micros),
+                    usage_event: row.try_get("usage_event_id")?,
+                })
+            }
+
+            async fn reservations(
+                conn: &mut Connection,
+                org: OrgId,
+                ids: &[Uuid],
+            ) -> Result<HashMap<Uuid, ReservationRecord>, StoreError> {
+                if ids.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                let sql = format!(
+                    "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE {} AND org_id = $2",
+                    dialect::in_uuids("id")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(ids))
+                    .bind(org.as_uuid())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter()
+                    .map(|row| reservation_record(row).map(|record| (record.id, record)))
+                    .collect()
+            }
+
+            /// What the org's reservations that hold at `now` (but those in `except`) hold
+            /// against each budget period in `keys`.
+            async fn held(
+                conn: &mut Connection,
+                org: OrgId,
+                keys: &[(Uuid, Timestamp)],
+                except: &[Uuid],
+                now: Timestamp,
+            ) -> Result<HashMap<(Uuid, Timestamp), u64>, StoreError> {
+                let mut held: HashMap<(Uuid, Timestamp), u64> =
+                    keys.iter().map(|key| (*key, 0)).collect();
+                if keys.is_empty() {
+                    return Ok(held);
+                }
+                let rows = sqlx::query(
+                    "SELECT b.reservation_id, b.budget_id, b.period_start, b.amount_micro_cr \
+                     FROM reservations r JOIN reservation_budgets b \
+                     ON b.org_id = r.org_id AND b.reservation_id = r.id \
+                     WHERE r.org_id = $1 AND r.state = 'pending' AND r.expires_at > $2",
+                )
+                .bind(org.as_uuid())
+                .bind(now.as_micros())
+                .fetch_all(&mut *conn)
+                .await?;
+                for row in &rows {
+                    let reservation: Uuid = row.try_get("reservation_id")?;
+                    if except.contains(&reservation) {
+                        continue;
+                    }
+                    let key = (
+                        row.try_get::<Uuid, _>("budget_id")?,
+                        Timestamp::from_micros(row.try_get("period_start")?),
+                    );
+                    if let Some(total) = held.get_mut(&key) {
+                        *total = total.saturating_add(unsigned(row.try_get("amount_micro_cr")?)?);
+                    }
+                }
+                Ok(held)
+            }
+
+            async fn write_reservations(
+                conn: &mut Connection,
+                org: OrgId,
+                new: &[NewReservation],
+                resolutions: &[ReservationResolution],
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                for reservation in new {
+                    let r = &reservation.record;
+                    let sql = format!(
+                        "INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES ($1, $2, $3, \
+                         $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+                         $19, $20, $21, $22, $23, $24)"
+                    );
+                    sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(r.id)
+                        .bind(&r.model)
+                        .bind(&r.class)
+                        .bind(&r.asset)
+                        .bind(signed(r.input_tokens)?)
+                        .bind(signed(r.cached_input_tokens)?)
+                        .bind(signed(r.cache_write_tokens)?)
+                        .bind(signed(r.output_tokens)?)
+                        .bind(signed(r.cost_micro_cr)?)
+                        .bind(signed(r.from_acquired)?)
+                        .bind(signed(r.from_alloc)?)
+                        .bind(signed(r.from_wallet_micro_cr)?)
+                        .bind(r.created_at.as_micros())
+                        .bind(r.expires_at.as_micros())
+                        .bind(r.user)
+                        .bind(r.api_key)
+                        .bind(&r.task)
+                        .bind(&r.conversation)
+                        .bind(r.fingerprint.to_vec())
+                        .bind(transfer_ids_json(&r.transfer_ids))
+                        .bind(r.state.as_str())
+                        .bind(r.resolved_at.map(Timestamp::as_micros))
+                        .bind(r.usage_event)
+                        .execute(&mut *conn)
+                        .await?;
+                    for (budget, period_start, amount) in &reservation.budgets {
+                        sqlx::query(
+                            "INSERT INTO reservation_budgets (org_id, reservation_id, \
+                             budget_id, period_start, amount_micro_cr) \
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(org.as_uuid())
+                        .bind(r.id)
+                        .bind(*budget)
+                        .bind(period_start.as_micros())
+                        .bind(signed(*amount)?)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                }
+                for resolution in resolutions {
+                    if resolution.state == ReservationState::Pending {
+                        return Err(StoreError::corrupt("a reservation resolved to pending"));
+                    }
+                    let updated = sqlx::query(
+                        "UPDATE reservations SET state = $3, resolved_at = $4, \
+                         usage_event_id = $5 WHERE org_id = $1 AND id = $2 \
+                         AND state = 'pending'",
+                    )
+                    .bind(org.as_uuid())
+                    .bind(resolution.id)
+                    .bind(resolution.state.as_str())
+                    .bind(now.as_micros())
+                    .bind(resolution.usage_event)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if updated != 1 {
+                        return Err(StoreError::corrupt(
+                            "a usage decision resolved a reservation that is not pending",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+
             crate::sql::append_audit_fn!(StoreError);
 
             const BUDGET_COLUMNS: &str = "id, org_id, name, scope_kind, scope_value, period, \
@@ -583,6 +900,8 @@ macro_rules! shared_usage {
                         recorded: recorded(&mut tx, org, &reads.events).await?,
                         balances: balances(&mut tx, &reads.balances).await?,
                         spent: spent(&mut tx, &reads.spend).await?,
+                        held: held(&mut tx, org, &reads.spend, &reads.reservations, now).await?,
+                        reservations: reservations(&mut tx, org, &reads.reservations).await?,
                     };
                     let UsageStep::Write(write) = decide(&view) else {
                         tx.rollback().await?;
@@ -590,6 +909,7 @@ macro_rules! shared_usage {
                     };
                     if write.records.len() > USAGE_BATCH_MAX
                         || write.records.iter().any(|record| record.org != org)
+                        || write.reservations.iter().any(|new| new.record.org != org)
                     {
                         return Err(StoreError::corrupt(
                             "a usage decision wrote too many events, or another org's",
@@ -614,6 +934,14 @@ macro_rules! shared_usage {
                     }
                     insert_records(&mut tx, &write.records).await?;
                     write_spend(&mut tx, &write.spend, &write.alerts).await?;
+                    write_reservations(
+                        &mut tx,
+                        org,
+                        &write.reservations,
+                        &write.resolutions,
+                        now,
+                    )
+                    .await?;
                     tx.commit().await?;
                     Ok(UsageTxOutcome::Committed)
                 }
@@ -726,6 +1054,27 @@ macro_rules! shared_usage {
                     spent.map_or(Ok(0), unsigned)
                 }
 
+                async fn budget_held(
+                    &self,
+                    id: Uuid,
+                    period_start: Timestamp,
+                    now: Timestamp,
+                ) -> Result<u64, StoreError> {
+                    let held: i64 = sqlx::query_scalar(
+                        "SELECT CAST(COALESCE(SUM(b.amount_micro_cr), 0) AS BIGINT) \
+                         FROM reservation_budgets b JOIN reservations r \
+                         ON r.org_id = b.org_id AND r.id = b.reservation_id \
+                         WHERE b.budget_id = $1 AND b.period_start = $2 \
+                         AND r.state = 'pending' AND r.expires_at > $3",
+                    )
+                    .bind(id)
+                    .bind(period_start.as_micros())
+                    .bind(now.as_micros())
+                    .fetch_one(&self.pool)
+                    .await?;
+                    unsigned(held)
+                }
+
                 async fn budget_alerts(
                     &self,
                     org: OrgId,
@@ -831,6 +1180,48 @@ macro_rules! shared_usage {
                             })
                         })
                         .collect()
+                }
+
+                async fn reservation(
+                    &self,
+                    org: OrgId,
+                    id: Uuid,
+                ) -> Result<Option<ReservationRecord>, StoreError> {
+                    let sql = format!(
+                        "SELECT {RESERVATION_COLUMNS} FROM reservations \
+                         WHERE org_id = $1 AND id = $2"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.as_ref().map(reservation_record).transpose()
+                }
+
+                async fn reservations_of(
+                    &self,
+                    org: OrgId,
+                    before: Option<(Timestamp, Uuid)>,
+                    limit: u32,
+                ) -> Result<Vec<ReservationRecord>, StoreError> {
+                    let (before_at, before_id) = match before {
+                        Some((at, id)) => (at.as_micros(), id),
+                        None => (i64::MAX, Uuid::max()),
+                    };
+                    let sql = format!(
+                        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE org_id = $1 \
+                         AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+                         ORDER BY created_at DESC, id DESC LIMIT $4"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(before_at)
+                        .bind(before_id)
+                        .bind(i64::from(limit.clamp(1, USAGE_PAGE_MAX)))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter().map(reservation_record).collect()
                 }
 
                 async fn usage_events(

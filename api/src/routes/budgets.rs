@@ -103,6 +103,9 @@ pub struct BudgetView {
     pub period_end: String,
     /// Spent in the current period, µCR.
     pub spent_micro_cr: u64,
+    /// Held now by pending reservations in the current period, µCR: a hard budget refuses
+    /// what would take spent plus held past its limit.
+    pub held_micro_cr: u64,
 }
 
 /// A threshold a budget's spend crossed.
@@ -154,6 +157,12 @@ async fn budget_view(state: &AppState, budget: &Budget) -> Result<BudgetView, ac
         .budget_spent(budget.id(), start)
         .await
         .map_err(|error| internal(&error))?;
+    let held = state
+        .ledger
+        .store()
+        .budget_held(budget.id(), start, now)
+        .await
+        .map_err(|error| internal(&error))?;
     let record = budget.record();
     Ok(BudgetView {
         id: record.id.to_string(),
@@ -169,6 +178,7 @@ async fn budget_view(state: &AppState, budget: &Budget) -> Result<BudgetView, ac
         period_start: rfc3339(start),
         period_end: rfc3339(end),
         spent_micro_cr: spent,
+        held_micro_cr: held,
     })
 }
 

@@ -404,6 +404,8 @@ pub struct EstimateBudget {
     pub limit_micro_cr: u64,
     /// Spent in the period `at` falls in.
     pub spent_micro_cr: u64,
+    /// Held by pending reservations in that period (counted against a hard limit).
+    pub held_micro_cr: u64,
     /// Spent with this call too.
     pub after_micro_cr: u64,
     /// Whether it allows the call (always for a soft budget).
@@ -433,6 +435,10 @@ async fn budgets(
             .budget_spent(budget.id(), budget.period_start(at))
             .await
             .map_err(|error| internal(&error))?;
+        let held = store
+            .budget_held(budget.id(), budget.period_start(at), at)
+            .await
+            .map_err(|error| internal(&error))?;
         let after = spent.saturating_add(micro_cr);
         applying.push(EstimateBudget {
             id: budget.id().to_string(),
@@ -440,8 +446,9 @@ async fn budgets(
             hard: budget.is_hard(),
             limit_micro_cr: budget.limit_micro_cr(),
             spent_micro_cr: spent,
+            held_micro_cr: held,
             after_micro_cr: after,
-            allows: !budget.is_hard() || after <= budget.limit_micro_cr(),
+            allows: !budget.is_hard() || after.saturating_add(held) <= budget.limit_micro_cr(),
         });
     }
     Ok(EstimateBudgets {

@@ -10,5 +10,6 @@ pub mod ledger;
 pub mod market;
 pub mod models;
 pub mod orgs;
+pub mod reservations;
 pub mod review;
 pub mod usage;

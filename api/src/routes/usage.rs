@@ -214,7 +214,7 @@ fn label(
     }
 }
 
-fn parse_event(
+pub(crate) fn parse_event(
     index: usize,
     body: UsageEventBody,
     now: Timestamp,
@@ -276,7 +276,7 @@ fn parse_event(
 }
 
 /// Each refusal of the usage service as a problem that says why.
-fn usage_error(error: UsageError) -> actix_web::Error {
+pub(crate) fn usage_error(error: UsageError) -> actix_web::Error {
     use UsageError as E;
     let detail = error.to_string();
     let kind = match error {
@@ -290,7 +290,9 @@ fn usage_error(error: UsageError) -> actix_web::Error {
         E::Conflict { .. } | E::Ledger(_) => ProblemKind::Conflict,
         E::InsufficientFunds { .. } | E::TooCostly { .. } => ProblemKind::PaymentRequired,
         E::BudgetExceeded { .. } => ProblemKind::BudgetExceeded,
-        E::NoOrg => ProblemKind::NotFound,
+        E::NoOrg | E::NoReservation { .. } => ProblemKind::NotFound,
+        E::ReservationClosed { .. } => ProblemKind::Conflict,
+        E::ReservationMismatch { .. } => ProblemKind::Unprocessable,
     };
     ApiError::new(kind, detail).into()
 }

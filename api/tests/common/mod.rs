@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 pub mod process;
 pub mod servers;
+pub mod usage_world;
 
 pub const ADMIN: &str = "ops@provider.example";
 pub const PASSWORD: &str = "a long and careful password";
