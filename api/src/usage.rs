@@ -35,6 +35,7 @@ use crate::cycles::{derived_id, CycleId};
 use crate::market::AccountBook;
 use crate::problem::ApiError;
 
+mod group;
 pub mod reservations;
 
 /// How long each plan keeps its per-call history (the seed's tiers: 7 days on Free, 90 on
@@ -278,6 +279,7 @@ pub struct Usage {
     face: CrFaceValue,
     accounts: AccountBook,
     counts: std::sync::Mutex<UsageCounts>,
+    groups: group::Groups,
 }
 
 impl Usage {
@@ -287,6 +289,7 @@ impl Usage {
             face,
             accounts: AccountBook::default(),
             counts: std::sync::Mutex::default(),
+            groups: group::Groups::default(),
         }
     }
 
@@ -409,75 +412,34 @@ impl Usage {
         }
         reads.balances.sort_unstable();
         reads.balances.dedup();
-        self.run(org, &reads, |view| {
-            let (write, recorded) = plan(org, view, &priced, &budgets)?;
-            *alerts = u64::try_from(write.alerts.len()).unwrap_or(u64::MAX);
-            let write = (!write.records.is_empty()).then_some(write);
-            Ok((write, recorded))
-        })
-        .await
+        let prepared = group::Prepared {
+            org,
+            priced,
+            budgets,
+            reads,
+        };
+        let (recorded, crossed) = if prepared.priced.len() <= group::GROUPED_EVENTS_MAX {
+            self.groups.submit(&self.ledger, prepared).await?
+        } else {
+            group::alone(self.store(), &prepared).await?
+        };
+        *alerts = crossed;
+        Ok(recorded)
     }
 
-    /// Runs a decision under the org's lock ([`credex_store::UsageStore::usage_tx`]) and
-    /// writes what it answers (nothing for `None`); when the ledger refuses a chain (a balance
-    /// fell between the read and the write: another writer spent it), decides again from a
-    /// fresh read, at most [`REFUSED_RETRIES`] more times.
+    /// How this process's small usage requests were committed, since it started.
+    pub fn group_stats(&self) -> group::GroupStats {
+        self.groups.stats()
+    }
+
+    /// Runs a decision under the org's lock (see [`run`]).
     async fn run<T: Send>(
         &self,
         org: OrgId,
         reads: &UsageReads,
-        mut decide: impl FnMut(&UsageView) -> Result<(Option<UsageWrite>, T), UsageError> + Send,
+        decide: impl FnMut(&UsageView) -> Result<(Option<UsageWrite>, T), UsageError> + Send,
     ) -> Result<T, UsageError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let mut decided: Option<Result<T, UsageError>> = None;
-            let outcome = {
-                let mut step = |view: &UsageView| match decide(view) {
-                    Ok((write, answer)) => {
-                        decided = Some(Ok(answer));
-                        match write {
-                            Some(write) => UsageStep::Write(Box::new(write)),
-                            None => UsageStep::Stop,
-                        }
-                    }
-                    Err(error) => {
-                        decided = Some(Err(error));
-                        UsageStep::Stop
-                    }
-                };
-                self.store().usage_tx(org, reads, &mut step).await?
-            };
-            match outcome {
-                UsageTxOutcome::NoOrg => return Err(UsageError::NoOrg),
-                UsageTxOutcome::Stopped | UsageTxOutcome::Committed => {
-                    return decided
-                        .unwrap_or_else(|| Err(corrupt("a usage decision ended undecided")))
-                }
-                UsageTxOutcome::Refused { results } => {
-                    if tries > REFUSED_RETRIES {
-                        let error = results
-                            .iter()
-                            .flatten()
-                            .find_map(|result| match result {
-                                Err(error)
-                                    if !error.is_exists()
-                                        && *error != TransferError::LinkedEventFailed =>
-                                {
-                                    Some(*error)
-                                }
-                                _ => None,
-                            })
-                            .unwrap_or(TransferError::LinkedEventFailed);
-                        return Err(UsageError::Ledger(error));
-                    }
-                    tracing::debug!(
-                        tries,
-                        "a balance fell under a usage decision; deciding again"
-                    );
-                }
-            }
-        }
+        run(self.store(), org, reads, decide).await
     }
 
     /// Prices every event at its instant (each model's schedules read once per batch) and
@@ -740,6 +702,67 @@ fn plan(
         .map(|key| (key.0, key.1, spent.get(&key).copied().unwrap_or(0)))
         .collect();
     Ok((write, answers))
+}
+
+/// Runs a decision under the org's lock ([`credex_store::UsageStore::usage_tx`]) and
+/// writes what it answers (nothing for `None`); when the ledger refuses a chain (a balance
+/// fell between the read and the write: another writer spent it), decides again from a
+/// fresh read, at most [`REFUSED_RETRIES`] more times.
+async fn run<T: Send>(
+    store: &dyn Store,
+    org: OrgId,
+    reads: &UsageReads,
+    mut decide: impl FnMut(&UsageView) -> Result<(Option<UsageWrite>, T), UsageError> + Send,
+) -> Result<T, UsageError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut decided: Option<Result<T, UsageError>> = None;
+        let outcome = {
+            let mut step = |view: &UsageView| match decide(view) {
+                Ok((write, answer)) => {
+                    decided = Some(Ok(answer));
+                    match write {
+                        Some(write) => UsageStep::Write(Box::new(write)),
+                        None => UsageStep::Stop,
+                    }
+                }
+                Err(error) => {
+                    decided = Some(Err(error));
+                    UsageStep::Stop
+                }
+            };
+            store.usage_tx(org, reads, &mut step).await?
+        };
+        match outcome {
+            UsageTxOutcome::NoOrg => return Err(UsageError::NoOrg),
+            UsageTxOutcome::Stopped | UsageTxOutcome::Committed => {
+                return decided.unwrap_or_else(|| Err(corrupt("a usage decision ended undecided")))
+            }
+            UsageTxOutcome::Refused { results } => {
+                if tries > REFUSED_RETRIES {
+                    let error = results
+                        .iter()
+                        .flatten()
+                        .find_map(|result| match result {
+                            Err(error)
+                                if !error.is_exists()
+                                    && *error != TransferError::LinkedEventFailed =>
+                            {
+                                Some(*error)
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or(TransferError::LinkedEventFailed);
+                    return Err(UsageError::Ledger(error));
+                }
+                tracing::debug!(
+                    tries,
+                    "a balance fell under a usage decision; deciding again"
+                );
+            }
+        }
+    }
 }
 
 /// Counts an event's cost in every budget that applies to it (`spent`, `touched`), refusing it

@@ -431,7 +431,84 @@ async fn history_is_kept_as_long_as_the_plan_says(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// Small requests of many orgs are decided and committed in groups: 240 concurrent single-event
+/// requests from 8 orgs, of which one has nothing to pay with and one has a hard budget that
+/// holds 10 of its calls. Every answer is what a lone request would get: the broke org's calls
+/// are refused with nothing moved, exactly 10 of the budgeted org's calls are charged, every
+/// other call is charged, each org's wallet holds exactly what its recorded calls left, and
+/// groups of several requests did commit.
+async fn small_requests_commit_in_groups(db: &TestDb) {
+    let w = world(db, 8).await;
+    let now = w.now();
+    for org in &w.orgs {
+        // The allotments spent first, so that every call is paid by the wallet (10 CR).
+        w.record(*org, vec![event(ALLOT, 0, now)])
+            .await
+            .expect("recorded");
+    }
+    let broke = w.orgs[0];
+    // 10 CR in one call of 1,000,000 output tokens at $10 per 1M: the wallet is empty.
+    w.record(broke, vec![event(0, 1_000_000, now)])
+        .await
+        .expect("recorded");
+    let budgeted = w.orgs[1];
+    add_budget(&w, budgeted, budget("org", Scope::Org, 100_000, true)).await;
+    let usage = Arc::new(Usage::new(w.ledger.clone(), face()));
+    let mut tasks = Vec::new();
+    for i in 0..240 {
+        let usage = usage.clone();
+        let org = w.orgs[i % 8];
+        // 1,000 output tokens: 10,000 µCR.
+        let one = event(0, 1_000, now);
+        tasks.push(tokio::spawn(async move {
+            (org, usage.record(org, vec![one]).await)
+        }));
+    }
+    let mut charged = std::collections::HashMap::new();
+    for task in tasks {
+        let (org, answer) = task.await.expect("a task");
+        match answer {
+            Ok(recorded) => {
+                assert_eq!(recorded[0].record.from_wallet_micro_cr, 10_000);
+                *charged.entry(org).or_insert(0_i128) += 1;
+            }
+            Err(UsageError::InsufficientFunds { .. }) => assert_eq!(org, broke),
+            Err(UsageError::BudgetExceeded { .. }) => assert_eq!(org, budgeted),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(charged.get(&broke), None);
+    assert_eq!(charged.get(&budgeted), Some(&10));
+    for org in &w.orgs[2..] {
+        assert_eq!(charged.get(org), Some(&30));
+    }
+    for org in &w.orgs {
+        let calls = charged.get(org).copied().unwrap_or(0);
+        let (_, _, wallet) = w.balances(*org).await;
+        let expected = if *org == broke {
+            0
+        } else {
+            i128::from(CREDITS) - 10_000 * calls
+        };
+        assert_eq!(wallet, expected);
+        let recorded = i128::try_from(w.recorded(*org).await).expect("a count");
+        let extra = if *org == broke { 2 } else { 1 };
+        assert_eq!(recorded, calls + extra);
+    }
+    let stats = usage.group_stats();
+    assert!(stats.groups >= 1, "{stats:?}");
+    assert_eq!(stats.ungrouped, 0, "{stats:?}");
+    assert_eq!(
+        stats.grouped_requests + stats.alone_requests,
+        240,
+        "{stats:?}"
+    );
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
 on_both_backends!(
+    small_requests_commit_in_groups,
     history_is_kept_as_long_as_the_plan_says,
     charged_acquired_then_alloc_then_wallet,
     a_batch_that_cannot_be_paid_changes_nothing,

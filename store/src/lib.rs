@@ -69,8 +69,10 @@ pub use review::{
 pub use sqlite::SqliteStore;
 pub use usage::{
     BudgetAlertRecord, BudgetRecord, NewReservation, ReservationRecord, ReservationResolution,
-    ReservationState, UsageDecision, UsageFilter, UsageGroup, UsageReads, UsageRecord, UsageStep,
-    UsageStore, UsageTotal, UsageTxOutcome, UsageView, UsageWrite, USAGE_BATCH_MAX, USAGE_PAGE_MAX,
+    ReservationState, UsageDecision, UsageFilter, UsageGroup, UsageGroupDecision,
+    UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord, UsageStep, UsageStore,
+    UsageTotal, UsageTxOutcome, UsageView, UsageWrite, USAGE_BATCH_MAX, USAGE_GROUP_MAX,
+    USAGE_PAGE_MAX,
 };
 
 /// How many stripes a hot (provider) account's balance is split into.

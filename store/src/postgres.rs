@@ -94,7 +94,12 @@ mod dialect {
 
     /// `column` is one of the UUIDs bound as `$1`.
     pub fn in_uuids(column: &str) -> String {
-        format!("{column} = ANY($1)")
+        in_uuids_at(column, 1)
+    }
+
+    /// `column` is one of the UUIDs bound at parameter `n` (a [`uuid_list`]).
+    pub fn in_uuids_at(column: &str, n: u8) -> String {
+        format!("{column} = ANY(${n})")
     }
 
     pub fn uuid_list(ids: &[Uuid]) -> Vec<Uuid> {

@@ -141,7 +141,12 @@ mod dialect {
 
     /// `column` is one of the UUIDs bound as `$1` (a JSON array of hex strings).
     pub fn in_uuids(column: &str) -> String {
-        format!("{column} IN (SELECT unhex(value) FROM json_each($1))")
+        in_uuids_at(column, 1)
+    }
+
+    /// `column` is one of the UUIDs bound at parameter `n` (a [`uuid_list`]).
+    pub fn in_uuids_at(column: &str, n: u8) -> String {
+        format!("{column} IN (SELECT unhex(value) FROM json_each(${n}))")
     }
 
     pub fn uuid_list(ids: &[Uuid]) -> String {

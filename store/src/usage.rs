@@ -314,6 +314,34 @@ pub enum UsageTxOutcome {
 /// retried.
 pub type UsageDecision<'a> = dyn FnMut(&UsageView) -> UsageStep + Send + 'a;
 
+/// What one org's part of a group usage transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageItemOutcome {
+    /// No such org.
+    NoOrg,
+    /// Its decision stopped; nothing of it was written.
+    Stopped,
+    /// Its writes were committed with the group's.
+    Written,
+}
+
+/// What a group usage transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageGroupOutcome {
+    /// Committed (or rolled back when no part wrote anything): each part's outcome, in order.
+    Done(Vec<UsageItemOutcome>),
+    /// The ledger refused a chain: nothing of any part was written. The answers of every
+    /// chain written, part after part.
+    Refused { results: Vec<Vec<TransferResult>> },
+}
+
+/// The decision of one part (by its index) of a group usage transaction; called again from
+/// the start if the transaction is retried.
+pub type UsageGroupDecision<'a> = dyn FnMut(usize, &UsageView) -> UsageStep + Send + 'a;
+
+/// The most parts (orgs) one group usage transaction decides.
+pub const USAGE_GROUP_MAX: usize = 128;
+
 /// Recorded usage, for either backend.
 #[async_trait]
 pub trait UsageStore: Send + Sync {
@@ -324,6 +352,16 @@ pub trait UsageStore: Send + Sync {
         reads: &UsageReads,
         decide: &mut UsageDecision<'_>,
     ) -> Result<UsageTxOutcome, StoreError>;
+
+    /// Decides and writes the charges of several orgs (each at most once) in one transaction:
+    /// their rows locked in id order, everything read at once, each part decided by
+    /// `decide(index, its view)`, every chain through the ledger together, one commit. All or
+    /// nothing: a chain the ledger refuses refuses the group.
+    async fn usage_group_tx(
+        &self,
+        items: &[(OrgId, UsageReads)],
+        decide: &mut UsageGroupDecision<'_>,
+    ) -> Result<UsageGroupOutcome, StoreError>;
 
     /// Adds a budget.
     async fn put_budget(&self, budget: &BudgetRecord, audit: &AuditEntry)
@@ -424,7 +462,9 @@ macro_rules! shared_usage {
             use crate::usage::{
                 UsageFilter, UsageGroup, UsageTotal,
                 BudgetAlertRecord, BudgetRecord, NewReservation, ReservationRecord,
-                ReservationResolution, ReservationState, UsageDecision, UsageReads, UsageRecord,
+                ReservationResolution, ReservationState, UsageDecision, UsageGroupDecision,
+                UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord,
+                USAGE_GROUP_MAX,
                 UsageStep, UsageStore, UsageTxOutcome, UsageView, INSERT_ROWS_MAX,
                 USAGE_BATCH_MAX, USAGE_PAGE_MAX,
             };
@@ -473,25 +513,27 @@ macro_rules! shared_usage {
                 })
             }
 
+            /// The events among `ids` recorded by any of `orgs`, by (org, id).
             async fn recorded(
                 conn: &mut Connection,
-                org: OrgId,
+                orgs: &[Uuid],
                 ids: &[Uuid],
-            ) -> Result<HashMap<Uuid, UsageRecord>, StoreError> {
+            ) -> Result<HashMap<(Uuid, Uuid), UsageRecord>, StoreError> {
                 if ids.is_empty() {
                     return Ok(HashMap::new());
                 }
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM usage_events WHERE {} AND org_id = $2",
-                    dialect::in_uuids("id")
+                    "SELECT {COLUMNS} FROM usage_events WHERE {} AND {}",
+                    dialect::in_uuids_at("id", 1),
+                    dialect::in_uuids_at("org_id", 2)
                 );
                 let rows = sqlx::query(&sql)
                     .bind(dialect::uuid_list(ids))
-                    .bind(org.as_uuid())
+                    .bind(dialect::uuid_list(orgs))
                     .fetch_all(&mut *conn)
                     .await?;
                 rows.iter()
-                    .map(|row| record(row).map(|record| (record.id, record)))
+                    .map(|row| record(row).map(|record| ((record.org.as_uuid(), record.id), record)))
                     .collect()
             }
 
@@ -624,35 +666,40 @@ macro_rules! shared_usage {
                 })
             }
 
+            /// The reservations among `ids` of any of `orgs`, by (org, id).
             async fn reservations(
                 conn: &mut Connection,
-                org: OrgId,
+                orgs: &[Uuid],
                 ids: &[Uuid],
-            ) -> Result<HashMap<Uuid, ReservationRecord>, StoreError> {
+            ) -> Result<HashMap<(Uuid, Uuid), ReservationRecord>, StoreError> {
                 if ids.is_empty() {
                     return Ok(HashMap::new());
                 }
                 let sql = format!(
-                    "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE {} AND org_id = $2",
-                    dialect::in_uuids("id")
+                    "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE {} AND {}",
+                    dialect::in_uuids_at("id", 1),
+                    dialect::in_uuids_at("org_id", 2)
                 );
                 let rows = sqlx::query(&sql)
                     .bind(dialect::uuid_list(ids))
-                    .bind(org.as_uuid())
+                    .bind(dialect::uuid_list(orgs))
                     .fetch_all(&mut *conn)
                     .await?;
                 rows.iter()
-                    .map(|row| reservation_record(row).map(|record| (record.id, record)))
+                    .map(|row| {
+                        reservation_record(row)
+                            .map(|record| ((record.org.as_uuid(), record.id), record))
+                    })
                     .collect()
             }
 
-            /// What the org's reservations that hold at `now` (but those in `except`) hold
-            /// against each budget period in `keys`.
+            /// What the reservations of `orgs` that hold at `now` (but those in `except`, by
+            /// (org, id)) hold against each budget period in `keys`.
             async fn held(
                 conn: &mut Connection,
-                org: OrgId,
+                orgs: &[Uuid],
                 keys: &[(Uuid, Timestamp)],
-                except: &[Uuid],
+                except: &[(Uuid, Uuid)],
                 now: Timestamp,
             ) -> Result<HashMap<(Uuid, Timestamp), u64>, StoreError> {
                 let mut held: HashMap<(Uuid, Timestamp), u64> =
@@ -660,18 +707,21 @@ macro_rules! shared_usage {
                 if keys.is_empty() {
                     return Ok(held);
                 }
-                let rows = sqlx::query(
-                    "SELECT b.reservation_id, b.budget_id, b.period_start, b.amount_micro_cr \
-                     FROM reservations r JOIN reservation_budgets b \
+                let sql = format!(
+                    "SELECT b.org_id, b.reservation_id, b.budget_id, b.period_start, \
+                     b.amount_micro_cr FROM reservations r JOIN reservation_budgets b \
                      ON b.org_id = r.org_id AND b.reservation_id = r.id \
-                     WHERE r.org_id = $1 AND r.state = 'pending' AND r.expires_at > $2",
-                )
-                .bind(org.as_uuid())
-                .bind(now.as_micros())
-                .fetch_all(&mut *conn)
-                .await?;
+                     WHERE {} AND r.state = 'pending' AND r.expires_at > $2",
+                    dialect::in_uuids_at("r.org_id", 1)
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(orgs))
+                    .bind(now.as_micros())
+                    .fetch_all(&mut *conn)
+                    .await?;
                 for row in &rows {
-                    let reservation: Uuid = row.try_get("reservation_id")?;
+                    let reservation: (Uuid, Uuid) =
+                        (row.try_get("org_id")?, row.try_get("reservation_id")?);
                     if except.contains(&reservation) {
                         continue;
                     }
@@ -882,42 +932,145 @@ macro_rules! shared_usage {
                     decide: &mut UsageDecision<'_>,
                     mode: Mode,
                 ) -> Result<UsageTxOutcome, StoreError> {
-                    let mut tx = dialect::begin_write(&self.pool).await?;
-                    let sql = format!(
-                        "SELECT id FROM orgs WHERE id = $1{}",
-                        dialect::FOR_NO_KEY_UPDATE
-                    );
-                    let locked: Option<Uuid> = sqlx::query_scalar(&sql)
-                        .bind(org.as_uuid())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if locked.is_none() {
-                        return Ok(UsageTxOutcome::NoOrg);
-                    }
-                    let now = self.clock.now();
-                    let view = UsageView {
-                        now,
-                        recorded: recorded(&mut tx, org, &reads.events).await?,
-                        balances: balances(&mut tx, &reads.balances).await?,
-                        spent: spent(&mut tx, &reads.spend).await?,
-                        held: held(&mut tx, org, &reads.spend, &reads.reservations, now).await?,
-                        reservations: reservations(&mut tx, org, &reads.reservations).await?,
-                    };
-                    let UsageStep::Write(write) = decide(&view) else {
-                        tx.rollback().await?;
-                        return Ok(UsageTxOutcome::Stopped);
-                    };
-                    if write.records.len() > USAGE_BATCH_MAX
-                        || write.records.iter().any(|record| record.org != org)
-                        || write.reservations.iter().any(|new| new.record.org != org)
-                    {
+                    let items = [(org, reads.clone())];
+                    let mut one = |_: usize, view: &UsageView| decide(view);
+                    Ok(match self.usage_group_once(&items, &mut one, mode).await? {
+                        UsageGroupOutcome::Refused { results } => UsageTxOutcome::Refused { results },
+                        UsageGroupOutcome::Done(outcomes) => match outcomes.first() {
+                            Some(UsageItemOutcome::NoOrg) => UsageTxOutcome::NoOrg,
+                            Some(UsageItemOutcome::Written) => UsageTxOutcome::Committed,
+                            Some(UsageItemOutcome::Stopped) | None => UsageTxOutcome::Stopped,
+                        },
+                    })
+                }
+
+                async fn usage_group_once(
+                    &self,
+                    items: &[(OrgId, UsageReads)],
+                    decide: &mut UsageGroupDecision<'_>,
+                    mode: Mode,
+                ) -> Result<UsageGroupOutcome, StoreError> {
+                    let mut orgs: Vec<Uuid> = items.iter().map(|(org, _)| org.as_uuid()).collect();
+                    orgs.sort_unstable();
+                    orgs.dedup();
+                    if orgs.len() != items.len() || items.len() > USAGE_GROUP_MAX {
                         return Err(StoreError::corrupt(
-                            "a usage decision wrote too many events, or another org's",
+                            "a usage group names an org twice, or too many",
                         ));
                     }
-                    let chains: Vec<Vec<credex_ledger::Transfer>> = write
-                        .chains
+                    let mut tx = dialect::begin_write(&self.pool).await?;
+                    // Locked in id order, so groups and lone charges never deadlock.
+                    let sql = format!(
+                        "SELECT id FROM orgs WHERE {} ORDER BY id{}",
+                        dialect::in_uuids_at("id", 1),
+                        dialect::FOR_NO_KEY_UPDATE
+                    );
+                    let locked: Vec<Uuid> = sqlx::query_scalar(&sql)
+                        .bind(dialect::uuid_list(&orgs))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let now = self.clock.now();
+                    let present: Vec<&(OrgId, UsageReads)> = items
                         .iter()
+                        .filter(|(org, _)| locked.contains(&org.as_uuid()))
+                        .collect();
+                    let all = |pick: &dyn Fn(&UsageReads) -> Vec<Uuid>| -> Vec<Uuid> {
+                        let mut ids: Vec<Uuid> =
+                            present.iter().flat_map(|(_, reads)| pick(reads)).collect();
+                        ids.sort_unstable();
+                        ids.dedup();
+                        ids
+                    };
+                    let event_ids = all(&|reads| reads.events.clone());
+                    let reservation_ids = all(&|reads| reads.reservations.clone());
+                    let mut accounts: Vec<AccountId> = present
+                        .iter()
+                        .flat_map(|(_, reads)| reads.balances.iter().copied())
+                        .collect();
+                    accounts.sort_unstable();
+                    accounts.dedup();
+                    let mut keys: Vec<(Uuid, Timestamp)> = present
+                        .iter()
+                        .flat_map(|(_, reads)| reads.spend.iter().copied())
+                        .collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    let except: Vec<(Uuid, Uuid)> = present
+                        .iter()
+                        .flat_map(|(org, reads)| {
+                            reads.reservations.iter().map(|id| (org.as_uuid(), *id))
+                        })
+                        .collect();
+                    let mut recorded_all = recorded(&mut tx, &locked, &event_ids).await?;
+                    let balances_all = balances(&mut tx, &accounts).await?;
+                    let spent_all = spent(&mut tx, &keys).await?;
+                    let held_all = held(&mut tx, &locked, &keys, &except, now).await?;
+                    let mut reservations_all =
+                        reservations(&mut tx, &locked, &reservation_ids).await?;
+                    let mut outcomes = Vec::with_capacity(items.len());
+                    let mut writes = Vec::new();
+                    for (index, (org, reads)) in items.iter().enumerate() {
+                        if !locked.contains(&org.as_uuid()) {
+                            outcomes.push(UsageItemOutcome::NoOrg);
+                            continue;
+                        }
+                        let pick = |map: &HashMap<(Uuid, Timestamp), u64>| {
+                            reads
+                                .spend
+                                .iter()
+                                .map(|key| (*key, map.get(key).copied().unwrap_or(0)))
+                                .collect()
+                        };
+                        let view = UsageView {
+                            now,
+                            recorded: reads
+                                .events
+                                .iter()
+                                .filter_map(|id| {
+                                    recorded_all
+                                        .remove(&(org.as_uuid(), *id))
+                                        .map(|record| (*id, record))
+                                })
+                                .collect(),
+                            balances: reads
+                                .balances
+                                .iter()
+                                .map(|id| (*id, balances_all.get(id).cloned().unwrap_or_default()))
+                                .collect(),
+                            spent: pick(&spent_all),
+                            held: pick(&held_all),
+                            reservations: reads
+                                .reservations
+                                .iter()
+                                .filter_map(|id| {
+                                    reservations_all
+                                        .remove(&(org.as_uuid(), *id))
+                                        .map(|record| (*id, record))
+                                })
+                                .collect(),
+                        };
+                        let UsageStep::Write(write) = decide(index, &view) else {
+                            outcomes.push(UsageItemOutcome::Stopped);
+                            continue;
+                        };
+                        if write.records.len() > USAGE_BATCH_MAX
+                            || write.records.iter().any(|record| record.org != *org)
+                            || write.reservations.iter().any(|new| new.record.org != *org)
+                        {
+                            return Err(StoreError::corrupt(
+                                "a usage decision wrote too many events, or another org's",
+                            ));
+                        }
+                        outcomes.push(UsageItemOutcome::Written);
+                        writes.push((*org, write));
+                    }
+                    if writes.is_empty() {
+                        tx.rollback().await?;
+                        return Ok(UsageGroupOutcome::Done(outcomes));
+                    }
+                    let chains: Vec<Vec<credex_ledger::Transfer>> = writes
+                        .iter()
+                        .flat_map(|(_, write)| write.chains.iter())
                         .filter(|chain| !chain.is_empty())
                         .cloned()
                         .collect();
@@ -929,21 +1082,27 @@ macro_rules! shared_usage {
                         });
                         if !accepted {
                             tx.rollback().await?;
-                            return Ok(UsageTxOutcome::Refused { results });
+                            return Ok(UsageGroupOutcome::Refused { results });
                         }
                     }
-                    insert_records(&mut tx, &write.records).await?;
-                    write_spend(&mut tx, &write.spend, &write.alerts).await?;
-                    write_reservations(
-                        &mut tx,
-                        org,
-                        &write.reservations,
-                        &write.resolutions,
-                        now,
-                    )
-                    .await?;
+                    let records: Vec<UsageRecord> = writes
+                        .iter()
+                        .flat_map(|(_, write)| write.records.iter().cloned())
+                        .collect();
+                    insert_records(&mut tx, &records).await?;
+                    for (org, write) in &writes {
+                        write_spend(&mut tx, &write.spend, &write.alerts).await?;
+                        write_reservations(
+                            &mut tx,
+                            *org,
+                            &write.reservations,
+                            &write.resolutions,
+                            now,
+                        )
+                        .await?;
+                    }
                     tx.commit().await?;
-                    Ok(UsageTxOutcome::Committed)
+                    Ok(UsageGroupOutcome::Done(outcomes))
                 }
             }
 
@@ -960,6 +1119,20 @@ macro_rules! shared_usage {
                     self.retrying(Mode::Locked, |mode| async move {
                         let mut decide = decide.lock().await;
                         self.usage_tx_once(org, reads, &mut **decide, mode).await
+                    })
+                    .await
+                }
+
+                async fn usage_group_tx(
+                    &self,
+                    items: &[(OrgId, UsageReads)],
+                    decide: &mut UsageGroupDecision<'_>,
+                ) -> Result<UsageGroupOutcome, StoreError> {
+                    let decide = tokio::sync::Mutex::new(decide);
+                    let decide = &decide;
+                    self.retrying(Mode::Locked, |mode| async move {
+                        let mut decide = decide.lock().await;
+                        self.usage_group_once(items, &mut **decide, mode).await
                     })
                     .await
                 }
