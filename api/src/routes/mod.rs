@@ -10,5 +10,7 @@ pub mod ledger;
 pub mod market;
 pub mod models;
 pub mod orgs;
+pub mod reports;
 pub mod review;
 pub mod usage;
+pub mod webhooks;
