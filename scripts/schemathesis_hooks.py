@@ -20,6 +20,9 @@ relate two values rather than constrain one:
 - A price alert's webhook URL parses as `http://host[:port]/path` and names a public host (422
   otherwise); e-mail addresses that the SMTP client cannot take are refused likewise, but the
   conformance server has no SMTP relay, so e-mail alerts answer 409 first.
+- A webhook's URL (`POST /v1/orgs/{org_id}/webhooks`) likewise, and a report subscription's
+  recipients must be addresses the mailer takes (plain ASCII `local@domain`, not just the
+  documented shape) and its time zone an IANA name (422 otherwise).
 - A usage batch's event ids are distinct and neither the nil nor the max UUID, an event
   happened by now, when its model has a price, and its metadata is at most 4,096 bytes of JSON
   (422 otherwise). A reservation and a settling call are fitted the same way.
@@ -207,6 +210,29 @@ def _public_webhook(body):
             notify["url"] = "http://hooks.example.com/credex"
 
 
+def _public_webhook_url(body):
+    """The same for a registered webhook's `url`."""
+    url = body.get("url") if isinstance(body, dict) else None
+    if isinstance(url, str) and re.fullmatch(r"http://[!-~]+", url) and len(url) <= 2048:
+        body["url"] = "http://hooks.example.com/credex"
+
+
+def _fit_report(body):
+    """A report's recipients are addresses that can take mail and its time zone an IANA name
+    (422 otherwise, documented): each well-formed address becomes a plain one, and a well-formed
+    time zone becomes `Europe/Paris`."""
+    if not isinstance(body, dict):
+        return
+    recipients = body.get("recipients")
+    if isinstance(recipients, list) and 1 <= len(recipients) <= 10:
+        for index, address in enumerate(recipients):
+            if isinstance(address, str) and len(address) <= 254 and re.fullmatch(r"[!-?A-~]+@[!-?A-~]+", address):
+                recipients[index] = f"ops{index}@example.com"
+    zone = body.get("time_zone")
+    if isinstance(zone, str) and 1 <= len(zone) <= 64:
+        body["time_zone"] = "Europe/Paris"
+
+
 def _min_fill_within(body):
     """A listing's minimum fill is at most its quantity (422 otherwise, documented)."""
     if not isinstance(body, dict):
@@ -265,6 +291,8 @@ def before_call(context, case, kwargs):
     _fresh_key(case.headers)
     if case.method.upper() == "GET" and case.path == "/v1/orgs/{org_id}/usage/forecast":
         _fit_budget(case.query)
+    if case.method.upper() == "PUT" and case.path == "/v1/orgs/{org_id}/reports/{frequency}":
+        _fit_report(case.body)
     if case.method.upper() != "POST":
         return
     if case.path == "/v1/admin/transfers":
@@ -285,6 +313,8 @@ def before_call(context, case, kwargs):
         _public_webhook(case.body)
     elif case.path == "/v1/orgs/{org_id}/usage":
         _fit_usage(case.body)
+    elif case.path == "/v1/orgs/{org_id}/webhooks":
+        _public_webhook_url(case.body)
     elif case.path == "/v1/orgs/{org_id}/budgets":
         _fit_budget(case.body)
     elif case.path in (

@@ -201,20 +201,8 @@ impl Alerts {
         price: u64,
         at: Timestamp,
     ) -> Result<(), String> {
-        let (host, port) =
-            crate::notify::webhook_target(&alert.target).map_err(|error| error.to_string())?;
         if !self.allow_private {
-            let addresses = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|error| format!("{host}: {error}"))?;
-            for address in addresses {
-                if !is_public(address.ip()) {
-                    return Err(format!(
-                        "{host} resolves to {}, not a public address",
-                        address.ip()
-                    ));
-                }
-            }
+            refuse_internal(&alert.target).await?;
         }
         let secret = alert
             .secret
@@ -236,6 +224,25 @@ impl Alerts {
             .map(|_| ())
             .map_err(|error| error.to_string())
     }
+}
+
+/// Why a webhook URL may not be posted to now: not `http://`, or its host resolves to an
+/// address that is not public ([`is_public`]). Checked before each delivery, so a name that
+/// later resolves inward is refused too.
+pub async fn refuse_internal(url: &str) -> Result<(), String> {
+    let (host, port) = crate::notify::webhook_target(url).map_err(|error| error.to_string())?;
+    let addresses = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|error| format!("{host}: {error}"))?;
+    for address in addresses {
+        if !is_public(address.ip()) {
+            return Err(format!(
+                "{host} resolves to {}, not a public address",
+                address.ip()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether an address is on the public internet (not loopback, private, link-local, shared,

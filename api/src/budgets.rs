@@ -115,7 +115,8 @@ pub struct NewBudget {
 /// The largest limit: 10^9 CR.
 pub const LIMIT_MAX: u64 = 1_000_000_000_000_000;
 
-fn zone(name: &str) -> Result<TimeZone, BudgetError> {
+/// The IANA time zone `name` names.
+pub fn zone(name: &str) -> Result<TimeZone, BudgetError> {
     jiff::tz::db()
         .get(name)
         .map_err(|_| BudgetError::TimeZone(name.to_owned()))

@@ -22,7 +22,8 @@ pub struct ConfigArgs {
     /// A TOML file with any of: bind, data_dir, database_url, admin_email, admin_password,
     /// jwt_secret, jwt_previous_secrets, cr_face_value_usd, market_min_verification_level,
     /// market_min_org_age_days, market_paid_plan_required, market_sell_cap_basis_points,
-    /// market_orders_per_minute, smtp_host, smtp_port, smtp_from, webhooks_allow_private.
+    /// market_orders_per_minute, smtp_url, smtp_host, smtp_port, smtp_from, outbox_dir,
+    /// webhooks_allow_private.
     #[arg(long = "config", env = "CREDEX_CONFIG")]
     pub config_file: Option<PathBuf>,
 
@@ -90,18 +91,28 @@ pub struct ConfigArgs {
     #[arg(long, env = "CREDEX_MARKET_ORDERS_PER_MINUTE")]
     pub market_orders_per_minute: Option<u32>,
 
-    /// The SMTP relay price alerts are e-mailed through (plain SMTP); without it, alerts by
-    /// e-mail are refused.
+    /// The SMTP relay e-mail goes through, `smtp://host[:port]` (plain SMTP, port 25 by
+    /// default). Without it (or CREDEX_SMTP_HOST), e-mails are written to the outbox directory
+    /// and price alerts by e-mail are refused.
+    #[arg(long, env = "CREDEX_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// The SMTP relay's host: the older spelling of CREDEX_SMTP_URL (give one of the two).
     #[arg(long, env = "CREDEX_SMTP_HOST")]
     pub smtp_host: Option<String>,
 
-    /// The SMTP relay's port [default: 25].
+    /// The SMTP relay's port with CREDEX_SMTP_HOST [default: 25].
     #[arg(long, env = "CREDEX_SMTP_PORT")]
     pub smtp_port: Option<u16>,
 
-    /// The sender of alert e-mails [default: alerts@credex.localhost].
+    /// The sender of alert and report e-mails [default: alerts@credex.localhost].
     #[arg(long, env = "CREDEX_SMTP_FROM")]
     pub smtp_from: Option<String>,
+
+    /// Where e-mails are written, one `.eml` file each, when no SMTP relay is configured
+    /// [default: <data dir>/outbox].
+    #[arg(long, env = "CREDEX_OUTBOX_DIR")]
+    pub outbox_dir: Option<PathBuf>,
 
     /// Whether price-alert webhooks may target loopback and private addresses [default:
     /// false]; for tests and single-host setups.
@@ -128,9 +139,11 @@ struct FileConfig {
     market_paid_plan_required: Option<bool>,
     market_sell_cap_basis_points: Option<u32>,
     market_orders_per_minute: Option<u32>,
+    smtp_url: Option<String>,
     smtp_host: Option<String>,
     smtp_port: Option<u16>,
     smtp_from: Option<String>,
+    outbox_dir: Option<PathBuf>,
     webhooks_allow_private: Option<bool>,
 }
 
@@ -170,8 +183,12 @@ pub struct Config {
     pub market_policy: FraudPolicy,
     /// Market writes (listings, amendments, cancels, orders, buybacks) per org per minute.
     pub market_orders_per_minute: u32,
-    /// The SMTP relay for alert e-mails: host, port, sender.
+    /// The SMTP relay for e-mails: host, port, sender. Without it e-mails go to `outbox_dir`.
     pub smtp: Option<(String, u16, String)>,
+    /// The sender of e-mails (also the sender in `smtp`).
+    pub mail_from: String,
+    /// Where e-mails are written as `.eml` files when there is no SMTP relay.
+    pub outbox_dir: PathBuf,
     /// Whether alert webhooks may target loopback and private addresses.
     pub webhooks_allow_private: bool,
 }
@@ -189,15 +206,37 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let mail_from = args
+            .smtp_from
+            .clone()
+            .or(file.smtp_from.clone())
+            .unwrap_or_else(|| DEFAULT_SMTP_FROM.to_owned());
+        let relay = match (
+            args.smtp_url.clone().or(file.smtp_url.clone()),
+            args.smtp_host.clone().or(file.smtp_host.clone()),
+        ) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("smtp_url and smtp_host: give one of the two, not both")
+            }
+            (Some(url), None) => Some(smtp_url(&url)?),
+            (None, Some(host)) => Some((host, args.smtp_port.or(file.smtp_port).unwrap_or(25))),
+            (None, None) => None,
+        };
         Ok(Self {
             bind: args
                 .bind
                 .or(file.bind)
                 .unwrap_or_else(|| DEFAULT_BIND.to_owned()),
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            outbox_dir: args
+                .outbox_dir
+                .or(file.outbox_dir)
+                .unwrap_or_else(|| data_dir.join("outbox")),
+            data_dir,
             database_url: args.database_url.or(file.database_url).map(Secret),
             admin_email: args.admin_email.or(file.admin_email),
             admin_password: args.admin_password.or(file.admin_password).map(Secret),
@@ -249,15 +288,8 @@ impl Config {
                 }
                 rate
             },
-            smtp: args.smtp_host.or(file.smtp_host).map(|host| {
-                (
-                    host,
-                    args.smtp_port.or(file.smtp_port).unwrap_or(25),
-                    args.smtp_from
-                        .or(file.smtp_from)
-                        .unwrap_or_else(|| DEFAULT_SMTP_FROM.to_owned()),
-                )
-            }),
+            smtp: relay.map(|(host, port)| (host, port, mail_from.clone())),
+            mail_from,
             webhooks_allow_private: args
                 .webhooks_allow_private
                 .or(file.webhooks_allow_private)
@@ -267,9 +299,11 @@ impl Config {
 
     /// The configuration for a server on `bind` keeping its data in `data_dir`.
     pub fn new(bind: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
             bind: bind.into(),
-            data_dir: data_dir.into(),
+            outbox_dir: data_dir.join("outbox"),
+            data_dir,
             database_url: None,
             admin_email: None,
             admin_password: None,
@@ -279,6 +313,7 @@ impl Config {
             market_policy: FraudPolicy::default(),
             market_orders_per_minute: DEFAULT_MARKET_ORDERS_PER_MINUTE,
             smtp: None,
+            mail_from: DEFAULT_SMTP_FROM.to_owned(),
             webhooks_allow_private: false,
         }
     }
@@ -301,6 +336,39 @@ impl Config {
             self.data_dir.join("credex.db").display()
         ))
     }
+}
+
+/// The host and port of an SMTP URL: `smtp://host[:port]` (port 25 by default). Plain SMTP
+/// only: this build has no TLS, and credentials would cross the network in clear, so user
+/// info, other schemes, paths and queries are refused.
+fn smtp_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let refused = |why: &str| anyhow::anyhow!("smtp_url {url:?}: {why}");
+    let rest = url
+        .strip_prefix("smtp://")
+        .ok_or_else(|| refused("must be smtp://host[:port] (no TLS in this build)"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['@', '/', '?', '#']) {
+        return Err(refused("user info, paths and queries are not supported"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, _)) if !host.ends_with(']') && host.contains(':') => (authority, None),
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = |b: u8| b.is_ascii_alphanumeric() || b"-._:".contains(&b);
+    if host.is_empty() || !host.bytes().all(name) {
+        return Err(refused("has no valid host"));
+    }
+    let port = match port {
+        None => 25,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| refused("has an invalid port"))?,
+    };
+    Ok((host.to_owned(), port))
 }
 
 /// A CR's face value in USD from its decimal text: plain digits with an optional fraction (no
@@ -437,6 +505,55 @@ mod tests {
         ] {
             assert!(load(refused).is_err(), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn smtp_urls_name_a_plain_relay() {
+        assert_eq!(
+            smtp_url("smtp://127.0.0.1:2525").expect("a relay"),
+            ("127.0.0.1".to_owned(), 2525)
+        );
+        assert_eq!(
+            smtp_url("smtp://mail.example/").expect("a relay"),
+            ("mail.example".to_owned(), 25)
+        );
+        assert_eq!(
+            smtp_url("smtp://[::1]:25").expect("a relay"),
+            ("::1".to_owned(), 25)
+        );
+        for refused in [
+            "smtps://mail.example",
+            "mail.example:25",
+            "smtp://",
+            "smtp://u:p@mail.example",
+            "smtp://mail.example:0",
+            "smtp://mail.example:99999",
+            "smtp://mail.example/x",
+            "smtp://mail example",
+        ] {
+            assert!(smtp_url(refused).is_err(), "{refused}");
+        }
+        let both = Config::load(ConfigArgs {
+            smtp_url: Some("smtp://a:25".to_owned()),
+            smtp_host: Some("b".to_owned()),
+            ..ConfigArgs::default()
+        });
+        assert!(both.is_err());
+        let config = Config::load(ConfigArgs {
+            smtp_url: Some("smtp://relay.example:2525".to_owned()),
+            data_dir: Some(PathBuf::from("/srv/credex")),
+            ..ConfigArgs::default()
+        })
+        .expect("a relay by URL");
+        assert_eq!(
+            config.smtp,
+            Some((
+                "relay.example".to_owned(),
+                2525,
+                DEFAULT_SMTP_FROM.to_owned()
+            ))
+        );
+        assert_eq!(config.outbox_dir, Path::new("/srv/credex/outbox"));
     }
 
     #[test]

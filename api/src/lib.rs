@@ -11,6 +11,7 @@ pub mod budgets;
 pub mod catalog;
 pub mod config;
 pub mod cycles;
+pub mod delivery;
 pub mod idempotency;
 pub mod input;
 pub mod jobs;

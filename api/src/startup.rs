@@ -19,18 +19,25 @@ use crate::auth::access::Authenticator;
 use crate::auth::session::{self, Sessions};
 use crate::auth::{bootstrap, jwt};
 use crate::config::{redacted, Config};
+use crate::delivery::Delivery;
 use crate::market::Market;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limit, RateLimiter, RateLimits};
 use crate::{catalog, jobs, metrics, openapi, problem, ratelimit, routes};
 
 /// The metrics registry, sampling the ledger's counters and its database pool at each scrape.
-fn observed(ledger: &Arc<Ledger>, usage: &Arc<crate::usage::Usage>) -> Metrics {
+fn observed(
+    ledger: &Arc<Ledger>,
+    usage: &Arc<crate::usage::Usage>,
+    delivery: &Arc<Delivery>,
+) -> Metrics {
     let metrics = Metrics::new();
     let ledger = ledger.clone();
     let usage = usage.clone();
+    let delivery = delivery.clone();
     metrics.on_render(move |metrics| {
         usage.counters().render(metrics);
+        delivery.counters().render(metrics);
         for (code, result, total) in ledger.transfer_counts() {
             metrics.set_transfers_total(code, result, total);
         }
@@ -49,6 +56,7 @@ pub struct Assembled {
     pub ledger: Arc<Ledger>,
     pub market: Arc<Market>,
     pub alerts: Arc<Alerts>,
+    pub delivery: Arc<Delivery>,
 }
 
 /// Opens the database (running migrations), the ledger, the first admin and the signing key:
@@ -89,12 +97,26 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         ledger.clone(),
         config.cr_face_value,
     ));
+    let delivery = Arc::new(
+        Delivery::new(
+            store.clone(),
+            config
+                .smtp
+                .as_ref()
+                .map(|(host, port, _)| (host.as_str(), *port)),
+            config.outbox_dir.clone(),
+            &config.mail_from,
+            config.webhooks_allow_private,
+        )
+        .context("the e-mail configuration")?,
+    );
     let parts = Parts {
         state: web::Data::new(AppState {
             ledger: ledger.clone(),
             cr_face_value: config.cr_face_value,
             market: market.clone(),
             alerts: alerts.clone(),
+            delivery: delivery.clone(),
             usage: usage.clone(),
             market_velocity: Arc::new(RateLimiter::new(
                 Limit::new(
@@ -108,7 +130,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             store: store.clone(),
             sessions: Sessions::new(keys, store.clock().clone()),
         }),
-        metrics: web::Data::new(observed(&ledger, &usage)),
+        metrics: web::Data::new(observed(&ledger, &usage, &delivery)),
         limits: web::Data::new(RateLimits::default()),
     };
     Ok(Assembled {
@@ -117,6 +139,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         ledger,
         market,
         alerts,
+        delivery,
     })
 }
 
@@ -170,6 +193,8 @@ pub fn app(
         .configure(routes::usage::configure)
         .configure(routes::budgets::configure)
         .configure(routes::reservations::configure)
+        .configure(routes::webhooks::configure)
+        .configure(routes::reports::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
@@ -184,6 +209,8 @@ pub struct AppState {
     pub market: Arc<Market>,
     /// Price alerts' delivery.
     pub alerts: Arc<Alerts>,
+    /// Budget alerts' and reports' delivery.
+    pub delivery: Arc<Delivery>,
     /// How many market writes each org may send per minute.
     pub market_velocity: Arc<RateLimiter>,
     /// Usage recording.
@@ -219,6 +246,7 @@ impl Application {
             ledger,
             market,
             alerts,
+            delivery,
         } = assemble(config, clock).await?;
 
         let listener = TcpListener::bind(&config.bind)
@@ -235,6 +263,7 @@ impl Application {
             jobs::spawn_cycles(ledger.clone(), Duration::from_secs(60), stopped.clone()),
             jobs::spawn_auto_sales(market.clone(), Duration::from_secs(10), stopped.clone()),
             crate::alerts::spawn(alerts, market, Duration::from_secs(10), stopped.clone()),
+            crate::delivery::spawn(delivery, Duration::from_secs(2), stopped.clone()),
             jobs::spawn_review(store.clone(), Duration::from_secs(300), stopped.clone()),
             jobs::spawn_history_purge(store.clone(), Duration::from_secs(3_600), stopped.clone()),
             jobs::spawn_idempotency_purge(store, Duration::from_secs(3_600), stopped),

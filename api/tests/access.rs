@@ -234,6 +234,23 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
             ),
         ),
         ("release_reservation", Who::Member, None),
+        (
+            "create_webhook",
+            Who::Owner,
+            Some(json!({"url": "http://hooks.example.com/credex"})),
+        ),
+        ("webhooks", Who::Member, None),
+        ("get_webhook", Who::Member, None),
+        ("delete_webhook", Who::Owner, None),
+        ("webhook_deliveries", Who::Member, None),
+        ("deliveries", Who::Member, None),
+        (
+            "put_report",
+            Who::Owner,
+            Some(json!({"recipients": ["ops@acme.example"]})),
+        ),
+        ("get_report", Who::Member, None),
+        ("delete_report", Who::Owner, None),
         ("review_flags", Who::Admin, None),
         ("review_scan", Who::Admin, None),
         ("clear_flag", Who::Admin, Some(json!({"note": "fine"}))),
@@ -356,6 +373,8 @@ async fn every_operation_guards_its_door(db: &TestDb) {
             .replace("{buyback_id}", &missing)
             .replace("{flag_id}", &missing)
             .replace("{alert_id}", &missing)
+            .replace("{webhook_id}", &missing)
+            .replace("{frequency}", "daily")
     };
     let body_in = |body: &Option<Value>, org: &str| -> Option<Value> {
         body.as_ref().map(|body| {

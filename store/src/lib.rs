@@ -16,6 +16,7 @@
 mod beancount;
 mod check;
 pub mod cycles;
+pub mod delivery;
 mod group_commit;
 pub mod idempotency;
 pub mod identity;
@@ -42,6 +43,11 @@ use serde::Serialize;
 pub use beancount::{export_beancount, ExportSummary};
 pub use check::{CheckReport, Discrepancy};
 pub use cycles::{Allotment, ClassRecord, CycleError, CycleRecord, CycleStore, Put};
+pub use delivery::{
+    AlertDispatch, AttemptOutcome, AttemptRecord, DeliveryChannel, DeliveryFilter, DeliveryRecord,
+    DeliveryState, DeliveryStore, NewDelivery, ReportBatch, ReportFrequency, ReportSubscription,
+    WebhookRecord,
+};
 pub use group_commit::GroupCommitConfig;
 pub use idempotency::{Begin, IdempotencyStore};
 pub use identity::{
@@ -242,6 +248,7 @@ pub trait Store:
     + MarketStore
     + ReviewStore
     + UsageStore
+    + DeliveryStore
     + Send
     + Sync
     + fmt::Debug

@@ -10,6 +10,8 @@ pub mod ledger;
 pub mod market;
 pub mod models;
 pub mod orgs;
+pub mod reports;
 pub mod reservations;
 pub mod review;
 pub mod usage;
+pub mod webhooks;

@@ -200,6 +200,20 @@ fn optional_uuid(
         .transpose()
 }
 
+/// A text filter of the totals: 1 to `max` characters, as documented.
+fn filter_text(
+    name: &str,
+    raw: Option<String>,
+    max: usize,
+) -> Result<Option<String>, actix_web::Error> {
+    match raw {
+        Some(text) if text.is_empty() || text.chars().count() > max => {
+            Err(invalid(name, format!("1 to {max} characters")))
+        }
+        other => Ok(other),
+    }
+}
+
 fn label(
     index: usize,
     name: &str,
@@ -626,12 +640,12 @@ pub async fn usage_totals(
     let filter = UsageFilter {
         from: optional_instant("from", query.from.as_deref())?,
         to: optional_instant("to", query.to.as_deref())?,
-        model: query.model,
-        class: query.class,
+        model: filter_text("model", query.model, 128)?,
+        class: filter_text("class", query.class, 64)?,
         user: query_uuid("user_id", query.user_id.as_deref())?,
         api_key: query_uuid("api_key_id", query.api_key_id.as_deref())?,
-        task: query.task,
-        conversation: query.conversation,
+        task: filter_text("task", query.task, LABEL_MAX)?,
+        conversation: filter_text("conversation", query.conversation, LABEL_MAX)?,
     };
     let top = query.top.unwrap_or(100);
     if !(1..=USAGE_PAGE_MAX).contains(&top) {
@@ -686,7 +700,7 @@ pub struct ExportQuery {
 }
 
 /// The CSV header of an export.
-const CSV_HEADER: &str = "id,occurred_at,recorded_at,model,class,asset,input_tokens,\
+pub(crate) const CSV_HEADER: &str = "id,occurred_at,recorded_at,model,class,asset,input_tokens,\
 cached_input_tokens,cache_write_tokens,output_tokens,cost_micro_cr,from_acquired,from_alloc,\
 from_wallet_micro_cr,price_source,user_id,api_key_id,task,conversation,metadata\r\n";
 
@@ -712,7 +726,7 @@ fn csv_field(out: &mut String, text: &str) {
     }
 }
 
-fn csv_row(out: &mut String, record: &UsageRecord) {
+pub(crate) fn csv_row(out: &mut String, record: &UsageRecord) {
     let numbers = [
         record.input_tokens,
         record.cached_input_tokens,

@@ -39,8 +39,15 @@ impl Drop for Server {
 impl Server {
     /// Starts `credex serve` on port 0; [`Server::wait_port`] learns the port.
     pub fn spawn(url: &str) -> Self {
+        Self::spawn_with(url, &[])
+    }
+
+    /// Starts `credex serve` on port 0 with more environment variables.
+    pub fn spawn_with(url: &str, environment: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a directory");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_credex"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credex"));
+        command.envs(environment.iter().copied());
+        let mut child = command
             .arg("serve")
             .env_remove("CREDEX_CONFIG")
             .env("DATABASE_URL", url)

@@ -142,6 +142,24 @@ impl SmtpServer {
             .collect()
     }
 
+    /// Waits until at least `n` messages arrived and returns their files, oldest first; panics
+    /// after `timeout`. Sleeps asynchronously, so the sender may run on the same runtime.
+    pub async fn wait_for_files(&self, n: usize, timeout: Duration) -> Vec<PathBuf> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let files = self.files();
+            if files.len() >= n {
+                return files;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} messages arrived within {timeout:?}: {files:?}",
+                files.len()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Waits until at least `n` messages arrived and returns them all, parsed (as `messages`);
     /// panics after `timeout`. Sleeps asynchronously, so the sender may run on the same runtime.
     pub async fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<Value> {
@@ -199,6 +217,41 @@ print(json.dumps({
     serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
+/// A message, multipart or not, parsed by Python's `email` package (policy `default`):
+/// `{"headers": {name: value}, "content_type", "text" (the plain-text body), "attachments":
+/// [{"filename", "content_type", "content"}], "date_parses", "defects"}`.
+pub fn parse_mime_with_python(file: &Path) -> Value {
+    const SCRIPT: &str = r#"
+import email, email.policy, json, sys
+with open(sys.argv[1], "rb") as f:
+    m = email.message_from_binary_file(f, policy=email.policy.default)
+body = m.get_body(preferencelist=("plain",))
+print(json.dumps({
+    "headers": {k: str(v) for k, v in m.items()},
+    "content_type": m.get_content_type(),
+    "text": body.get_content() if body is not None else None,
+    "attachments": [
+        {"filename": a.get_filename(), "content_type": a.get_content_type(),
+         "content": a.get_content() if a.get_content_maintype() == "text" else None}
+        for a in m.iter_attachments()
+    ],
+    "date_parses": m["Date"].datetime is not None,
+    "defects": [repr(d) for d in m.defects] + [repr(d) for p in m.walk() for d in p.defects],
+}))
+"#;
+    let output = Command::new(python())
+        .args(["-c", SCRIPT])
+        .arg(file)
+        .output()
+        .expect("run Python");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Webhooks
 // ---------------------------------------------------------------------------------------------
@@ -226,7 +279,8 @@ impl Recorded {
     }
 }
 
-/// A real actix-web server on a free port: `/fail` answers 500, everything else 204.
+/// A real actix-web server on a free port: `/fail` answers 500; `/flaky/<n>` answers 500 to
+/// its first `n` requests and 204 after; everything else 204.
 /// Started on the current runtime; stop it with `handle.stop(true).await`.
 pub struct WebhookServer {
     /// The port it listens on, at 127.0.0.1.
@@ -296,7 +350,8 @@ impl WebhookServer {
     }
 }
 
-/// Records the request; answers 500 on `/fail`, 204 otherwise.
+/// Records the request; answers 500 on `/fail` and the first `n` requests to `/flaky/<n>`,
+/// 204 otherwise.
 async fn record(
     request: HttpRequest,
     body: web::Bytes,
@@ -310,14 +365,25 @@ async fn record(
             (name.as_str().to_owned(), value)
         })
         .collect();
-    recorded.lock().expect("the record").push(Recorded {
+    let mut recorded = recorded.lock().expect("the record");
+    let before = recorded
+        .iter()
+        .filter(|earlier| earlier.path == request.path())
+        .count();
+    let flaky = request
+        .path()
+        .strip_prefix("/flaky/")
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| before < n);
+    recorded.push(Recorded {
         method: request.method().as_str().to_owned(),
         path: request.path().to_owned(),
         query: request.query_string().to_owned(),
         headers,
         body: body.to_vec(),
     });
-    if request.path() == "/fail" {
+    drop(recorded);
+    if request.path() == "/fail" || flaky {
         HttpResponse::InternalServerError().body("the receiver broke")
     } else {
         HttpResponse::NoContent().finish()
