@@ -168,6 +168,7 @@ pub fn app(
         .configure(routes::review::configure)
         .configure(routes::alerts::configure)
         .configure(routes::usage::configure)
+        .configure(routes::statements::configure)
         .configure(routes::budgets::configure)
         .configure(openapi::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))

@@ -26,6 +26,7 @@ pub mod pricing;
 pub mod review;
 mod sql;
 mod sqlite;
+pub mod statements;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,10 @@ pub use review::{
     PairTrades, ReviewStore, SellerFigures,
 };
 pub use sqlite::SqliteStore;
+pub use statements::{
+    Attribution, Flow, Side, StatementRows, StatementStore, StatementWindow, WindowBalances,
+    STATEMENT_ACCOUNTS_MAX,
+};
 pub use usage::{
     BudgetAlertRecord, BudgetRecord, UsageDecision, UsageFilter, UsageGroup, UsageReads,
     UsageRecord, UsageStep, UsageStore, UsageTotal, UsageTxOutcome, UsageView, UsageWrite,
@@ -240,6 +245,7 @@ pub trait Store:
     + MarketStore
     + ReviewStore
     + UsageStore
+    + StatementStore
     + Send
     + Sync
     + fmt::Debug

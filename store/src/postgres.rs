@@ -64,6 +64,7 @@ crate::cycles::shared_cycles!(PostgresStore, sqlx::Postgres, dialect);
 crate::market::shared_market!(PostgresStore, sqlx::Postgres, dialect);
 crate::review::shared_review!(PostgresStore, sqlx::Postgres, dialect);
 crate::usage::shared_usage!(PostgresStore, sqlx::Postgres, dialect);
+crate::statements::shared_statements!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;

@@ -62,6 +62,7 @@ crate::cycles::shared_cycles!(SqliteStore, sqlx::Sqlite, dialect);
 crate::market::shared_market!(SqliteStore, sqlx::Sqlite, dialect);
 crate::review::shared_review!(SqliteStore, sqlx::Sqlite, dialect);
 crate::usage::shared_usage!(SqliteStore, sqlx::Sqlite, dialect);
+crate::statements::shared_statements!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()

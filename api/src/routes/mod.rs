@@ -11,4 +11,5 @@ pub mod market;
 pub mod models;
 pub mod orgs;
 pub mod review;
+pub mod statements;
 pub mod usage;
