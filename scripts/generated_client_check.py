@@ -9,8 +9,8 @@ it, starts `credex serve`, makes an org with an owner and credits the org's wall
     CREDEX_PASSWORD   the owner's password
     CREDEX_WALLET_MICRO_CR  what the org's CR wallet holds
 
-Signs in, reads the org's balances, makes an API key with the `read` scope, and reads the org
-with that key: every call through the generated code, every answer parsed into its generated
+Signs in, reads the org's balances, makes an API key with the `read` scope, reads the org
+with that key, and reads the org's current statement (JSON and PDF) with it: every call through the generated code, every answer parsed into its generated
 model. Exits non-zero, saying why, when anything is not as expected.
 """
 
@@ -26,6 +26,7 @@ from credex_client import AuthenticatedClient, Client
 from credex_client.api.auth import login
 from credex_client.api.ledger import balances
 from credex_client.api.orgs import create_api_key, get_org
+from credex_client.api.usage import get_statement, get_statement_pdf, list_statements
 from credex_client.models import (
     AccountBalanceView,
     CreatedApiKey,
@@ -34,6 +35,8 @@ from credex_client.models import (
     OrgAccountKind,
     OrgView,
     ScopeName,
+    StatementListView,
+    StatementView,
     TokenPair,
 )
 
@@ -103,6 +106,26 @@ def main() -> None:
     org = answer.parsed
     check(isinstance(org, OrgView), "the org parses as OrgView")
     check(org.id == org_id, "the API key reads its own org")
+
+    answer = list_statements.sync_detailed(org_id, client=program)
+    check(answer.status_code == HTTPStatus.OK, f"GET /v1/orgs/{org_id}/statements (HTTP {answer.status_code})")
+    listed = answer.parsed
+    check(isinstance(listed, StatementListView) and listed.statements, "the statements parse as StatementListView")
+    cycle = listed.statements[0].cycle
+    answer = get_statement.sync_detailed(org_id, cycle, client=program)
+    check(answer.status_code == HTTPStatus.OK, f"GET the statement of {cycle} (HTTP {answer.status_code})")
+    statement = answer.parsed
+    check(isinstance(statement, StatementView), "the statement parses as StatementView")
+    wallets = [a for a in statement.accounts if a.asset == "CR"]
+    check(
+        len(wallets) == 1 and wallets[0].closing == wallet_micro_cr,
+        f"the statement's wallet closes at {wallet_micro_cr} µCR",
+    )
+    answer = get_statement_pdf.sync_detailed(org_id, cycle, client=program)
+    check(
+        answer.status_code == HTTPStatus.OK and answer.content.startswith(b"%PDF-"),
+        f"GET the statement of {cycle} as a PDF (HTTP {answer.status_code})",
+    )
 
     print("generated client: all checks passed")
 

@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod review;
 pub mod routes;
 pub mod startup;
+pub mod statements;
 pub mod telemetry;
 pub mod usage;
 pub mod views;

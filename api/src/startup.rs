@@ -191,6 +191,7 @@ pub fn app(
         .configure(routes::review::configure)
         .configure(routes::alerts::configure)
         .configure(routes::usage::configure)
+        .configure(routes::statements::configure)
         .configure(routes::budgets::configure)
         .configure(routes::reservations::configure)
         .configure(routes::webhooks::configure)

@@ -18,6 +18,28 @@ pub fn rfc3339(at: Timestamp) -> String {
         .unwrap_or_default()
 }
 
+/// A CSV field: quoted when it holds a comma, quote or line break; a text that a spreadsheet
+/// would run as a formula (`=`, `+`, `-`, `@`, tab, carriage return first) gets a leading `'`.
+pub fn csv_field(out: &mut String, text: &str) {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = formula || text.contains([',', '"', '\n', '\r']);
+    if quote {
+        out.push('"');
+    }
+    if formula {
+        out.push('\'');
+    }
+    for c in text.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    if quote {
+        out.push('"');
+    }
+}
+
 /// An org's plan.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

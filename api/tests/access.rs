@@ -203,6 +203,10 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ("export_usage", Who::Member, None),
         ("usage_forecast", Who::Member, None),
         ("usage_savings", Who::Member, None),
+        ("list_statements", Who::Member, None),
+        ("get_statement", Who::Member, None),
+        ("get_statement_csv", Who::Member, None),
+        ("get_statement_pdf", Who::Member, None),
         (
             "create_budget",
             Who::Owner,

@@ -27,6 +27,7 @@ pub mod pricing;
 pub mod review;
 mod sql;
 mod sqlite;
+pub mod statements;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,10 @@ pub use review::{
     PairTrades, ReviewStore, SellerFigures,
 };
 pub use sqlite::SqliteStore;
+pub use statements::{
+    Attribution, Flow, Side, StatementRows, StatementStore, StatementWindow, WindowBalances,
+    STATEMENT_ACCOUNTS_MAX,
+};
 pub use usage::{
     BudgetAlertRecord, BudgetRecord, NewReservation, ReservationRecord, ReservationResolution,
     ReservationState, UsageDecision, UsageFilter, UsageGroup, UsageGroupDecision,
@@ -249,6 +254,7 @@ pub trait Store:
     + ReviewStore
     + UsageStore
     + DeliveryStore
+    + StatementStore
     + Send
     + Sync
     + fmt::Debug

@@ -65,6 +65,7 @@ crate::market::shared_market!(PostgresStore, sqlx::Postgres, dialect);
 crate::review::shared_review!(PostgresStore, sqlx::Postgres, dialect);
 crate::usage::shared_usage!(PostgresStore, sqlx::Postgres, dialect);
 crate::delivery::shared_delivery!(PostgresStore, sqlx::Postgres, dialect);
+crate::statements::shared_statements!(PostgresStore, sqlx::Postgres, dialect);
 
 mod dialect {
     use super::*;

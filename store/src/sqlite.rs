@@ -63,6 +63,7 @@ crate::market::shared_market!(SqliteStore, sqlx::Sqlite, dialect);
 crate::review::shared_review!(SqliteStore, sqlx::Sqlite, dialect);
 crate::usage::shared_usage!(SqliteStore, sqlx::Sqlite, dialect);
 crate::delivery::shared_delivery!(SqliteStore, sqlx::Sqlite, dialect);
+crate::statements::shared_statements!(SqliteStore, sqlx::Sqlite, dialect);
 
 fn hex(uuid: Uuid) -> String {
     uuid.simple().to_string()

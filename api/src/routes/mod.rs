@@ -13,5 +13,6 @@ pub mod orgs;
 pub mod reports;
 pub mod reservations;
 pub mod review;
+pub mod statements;
 pub mod usage;
 pub mod webhooks;

@@ -16,7 +16,7 @@ use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::usage::{RecordedUsage, UsageError, UsageEvent, LABEL_MAX, METADATA_MAX};
-use crate::views::rfc3339;
+use crate::views::{csv_field, rfc3339};
 
 /// How far ahead of the server's clock an event may be stamped (clocks drift).
 const FUTURE_SKEW_MICROS: i64 = 300_000_000;
@@ -703,28 +703,6 @@ pub struct ExportQuery {
 pub(crate) const CSV_HEADER: &str = "id,occurred_at,recorded_at,model,class,asset,input_tokens,\
 cached_input_tokens,cache_write_tokens,output_tokens,cost_micro_cr,from_acquired,from_alloc,\
 from_wallet_micro_cr,price_source,user_id,api_key_id,task,conversation,metadata\r\n";
-
-/// A CSV field: quoted when it holds a comma, quote or line break; a text that a spreadsheet
-/// would run as a formula (`=`, `+`, `-`, `@`, tab, carriage return first) gets a leading `'`.
-fn csv_field(out: &mut String, text: &str) {
-    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let quote = formula || text.contains([',', '"', '\n', '\r']);
-    if quote {
-        out.push('"');
-    }
-    if formula {
-        out.push('\'');
-    }
-    for c in text.chars() {
-        if c == '"' {
-            out.push('"');
-        }
-        out.push(c);
-    }
-    if quote {
-        out.push('"');
-    }
-}
 
 pub(crate) fn csv_row(out: &mut String, record: &UsageRecord) {
     let numbers = [
