@@ -194,6 +194,7 @@ pub fn app(
         .configure(routes::statements::configure)
         .configure(routes::budgets::configure)
         .configure(routes::reservations::configure)
+        .configure(routes::overdraft::configure)
         .configure(routes::webhooks::configure)
         .configure(routes::reports::configure)
         .configure(openapi::configure)

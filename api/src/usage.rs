@@ -200,6 +200,8 @@ struct EventAccounts {
     token_spent: Option<AccountId>,
     wallet: Option<AccountId>,
     credit_spent: AccountId,
+    /// The provider's CR `issuance`: where overdraft advances come from.
+    credit_issuance: AccountId,
 }
 
 /// One event, priced, with its accounts and the budget periods it counts in.
@@ -456,6 +458,16 @@ impl Usage {
             .accounts
             .get(&self.ledger, &credit, Owner::Provider, AccountKind::Spent)
             .await?;
+        let credit_issuance = self
+            .accounts
+            .get(
+                &self.ledger,
+                &credit,
+                Owner::Provider,
+                AccountKind::Issuance,
+            )
+            .await?;
+        let credit_accounts = (credit_spent, credit_issuance);
         let mut priced = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
             let prices = match models.get(&event.model) {
@@ -482,7 +494,7 @@ impl Usage {
                 Some(accounts) => *accounts,
                 None => {
                     let accounts = self
-                        .event_accounts(org, &asset, wallet, credit_spent)
+                        .event_accounts(org, &asset, wallet, credit_accounts)
                         .await?;
                     token_accounts.insert(asset.clone(), accounts);
                     accounts
@@ -508,7 +520,7 @@ impl Usage {
         org: OrgId,
         asset: &AssetCode,
         wallet: Option<AccountId>,
-        credit_spent: AccountId,
+        (credit_spent, credit_issuance): (AccountId, AccountId),
     ) -> Result<EventAccounts, UsageError> {
         let find = |kind| {
             self.accounts
@@ -531,6 +543,7 @@ impl Usage {
             token_spent,
             wallet,
             credit_spent,
+            credit_issuance,
         })
     }
 }
@@ -618,6 +631,8 @@ fn plan(
         .collect();
     let mut write = UsageWrite::default();
     let mut answers = Vec::with_capacity(priced.len());
+    // µCR advanced on the org's overdraft by the events so far.
+    let mut drawn = 0_u64;
     for (index, p) in priced.iter().enumerate() {
         let id = p.event.id;
         if let Some(record) = view.recorded.get(&id) {
@@ -655,16 +670,22 @@ fn plan(
         let from_alloc = take(p.accounts.alloc, tokens - from_acquired);
         let uncovered = tokens - from_acquired - from_alloc;
         let needed = wallet_share(p.cost_micro_cr, tokens, uncovered);
-        let from_wallet = take(p.accounts.wallet, needed);
-        if from_wallet < needed {
+        let in_wallet = take(p.accounts.wallet, needed);
+        // What the wallet lacks is advanced on the org's overdraft allowance, if it has one
+        // (and a wallet to advance into) and enough of it is left.
+        let short = needed - in_wallet;
+        let headroom = view.overdraft.headroom().saturating_sub(drawn);
+        if short > 0 && (p.accounts.wallet.is_none() || short > headroom) {
             return Err(UsageError::InsufficientFunds {
                 index,
                 id,
                 needed_micro_cr: needed,
-                available_micro_cr: from_wallet,
+                available_micro_cr: in_wallet.saturating_add(headroom),
             });
         }
-        let chain = chain(org, p, from_acquired, from_alloc, from_wallet)?;
+        drawn += short;
+        let from_wallet = needed;
+        let chain = chain(org, p, from_acquired, from_alloc, from_wallet, short)?;
         let record = UsageRecord {
             org,
             id,
@@ -701,6 +722,7 @@ fn plan(
         .into_iter()
         .map(|key| (key.0, key.1, spent.get(&key).copied().unwrap_or(0)))
         .collect();
+    write.overdraft_drawn_micro_cr = drawn;
     Ok((write, answers))
 }
 
@@ -883,23 +905,41 @@ fn linked(chain: Vec<Transfer>) -> Vec<Transfer> {
 }
 
 /// The event's linked chain: each non-zero leg, `spend`, ids derived from the org and event.
+///
+/// `advance` µCR the wallet lacks are first advanced on the org's overdraft (`issuance →
+/// wallet`, code `overdraft`), in the same chain.
 fn chain(
     org: OrgId,
     p: &Priced,
     from_acquired: u64,
     from_alloc: u64,
     from_wallet: u64,
+    advance: u64,
 ) -> Result<Vec<Transfer>, UsageError> {
     let org_text = org.to_string();
     let event_text = p.event.id.to_string();
     let metadata = usage_metadata(p.event.id)?;
-    let chain = movements(p, from_acquired, from_alloc, from_wallet)?
-        .into_iter()
-        .map(|(leg, movement)| {
-            let id = derived_id(&["usage", &org_text, &event_text, leg]);
-            Transfer::movement(id, movement).with_metadata(metadata.clone())
-        })
-        .collect();
+    let mut chain = Vec::new();
+    if advance > 0 {
+        let wallet = p
+            .accounts
+            .wallet
+            .ok_or_else(|| corrupt("an overdraft advance without a wallet"))?;
+        let movement = Movement::new(
+            p.accounts.credit_issuance,
+            wallet,
+            AssetCode::credit(),
+            credex_ledger::Amount::new(advance).map_err(corrupt)?,
+            TransferCode::Overdraft,
+        )
+        .map_err(corrupt)?;
+        let id = derived_id(&["usage", &org_text, &event_text, "overdraft"]);
+        chain.push(Transfer::movement(id, movement).with_metadata(metadata.clone()));
+    }
+    for (leg, movement) in movements(p, from_acquired, from_alloc, from_wallet)? {
+        let id = derived_id(&["usage", &org_text, &event_text, leg]);
+        chain.push(Transfer::movement(id, movement).with_metadata(metadata.clone()));
+    }
     Ok(linked(chain))
 }
 

@@ -238,6 +238,20 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
             ),
         ),
         ("release_reservation", Who::Member, None),
+        ("get_overdraft", Who::Member, None),
+        (
+            "set_overdraft",
+            Who::Admin,
+            Some(json!({"limit_micro_cr": 1_000})),
+        ),
+        (
+            "repay_overdraft",
+            Who::Admin,
+            Some(
+                json!({"id": "01a21a6b-5f3c-7d2e-9a41-5f7c0b1e2d42", "amount_micro_cr": 1,
+                "reference": "INV-1"}),
+            ),
+        ),
         (
             "create_webhook",
             Who::Owner,

@@ -15,7 +15,7 @@ use credex_api::usage::{Usage, UsageError, UsageEvent};
 use credex_ledger::{AccountKind, Owner, Timestamp};
 use credex_matching::Limit;
 use credex_pricing::TokenUsage;
-use credex_store::{OrgName, Plan};
+use credex_store::{OrgName, Plan, RepaymentOutcome};
 use credex_tests::{audit, on_both_backends, top_up, TestDb};
 use uuid::Uuid;
 
@@ -507,7 +507,113 @@ async fn small_requests_commit_in_groups(db: &TestDb) {
     w.ledger.close().await;
 }
 
+async fn overdraft_used(w: &common::usage_world::World, org: credex_ledger::OrgId) -> u64 {
+    w.store()
+        .overdraft(org)
+        .await
+        .expect("read")
+        .expect("an org")
+        .used_micro_cr
+}
+
+async fn repay(
+    w: &common::usage_world::World,
+    org: credex_ledger::OrgId,
+    id: Uuid,
+    amount: u64,
+) -> RepaymentOutcome {
+    w.store()
+        .repay_overdraft(org, id, amount, "INV-7", &audit("org.overdraft_repayment"))
+        .await
+        .expect("repay")
+}
+
+/// An org with an overdraft allowance is not refused when its wallet runs dry: the shortfall is
+/// advanced (`issuance → wallet`, code `overdraft`, in the charge's chain) until the allowance
+/// is used up; repayments (idempotent by id, never more than is owed) make room again.
+async fn overdraft_pays_what_the_wallet_lacks(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    let now = w.now();
+    w.record(org, vec![event(ALLOT, 0, now)])
+        .await
+        .expect("recorded");
+    let entry = audit("org.overdraft");
+    let set = w
+        .store()
+        .set_overdraft_limit(org, 1_000_000, &entry)
+        .await
+        .expect("set")
+        .expect("an org");
+    assert_eq!((set.limit_micro_cr, set.used_micro_cr), (1_000_000, 0));
+    // 1,050,000 output tokens at $10 per 1M: 10.5 CR, 0.5 CR more than the wallet holds.
+    let first = w
+        .record(org, vec![event(0, 1_050_000, now)])
+        .await
+        .expect("advanced");
+    assert_eq!(first[0].record.from_wallet_micro_cr, 10_500_000);
+    assert_eq!(
+        first[0].record.transfer_ids.len(),
+        2,
+        "the advance and the spend"
+    );
+    assert_eq!(w.balances(org).await, (0, 0, 0));
+    assert_eq!(overdraft_used(&w, org).await, 500_000);
+    // 0.6 CR more is past the 0.5 CR left: refused, nothing moved.
+    assert!(matches!(
+        w.record(org, vec![event(0, 60_000, now)]).await,
+        Err(UsageError::InsufficientFunds {
+            available_micro_cr: 500_000,
+            ..
+        })
+    ));
+    assert_eq!(overdraft_used(&w, org).await, 500_000);
+    // Two calls of 0.25 CR in one batch use the rest exactly.
+    w.record(org, vec![event(0, 25_000, now), event(0, 25_000, now)])
+        .await
+        .expect("the rest");
+    assert_eq!(overdraft_used(&w, org).await, 1_000_000);
+    assert!(matches!(
+        w.record(org, vec![event(0, 1, now)]).await,
+        Err(UsageError::InsufficientFunds { .. })
+    ));
+    // Repaid 0.4 CR: idempotent by id, never more than owed.
+    let repayment = Uuid::new_v4();
+    assert!(matches!(
+        repay(&w, org, repayment, 400_000).await,
+        RepaymentOutcome::Repaid(o) if o.used_micro_cr == 600_000
+    ));
+    assert!(matches!(
+        repay(&w, org, repayment, 400_000).await,
+        RepaymentOutcome::Replayed(o) if o.used_micro_cr == 600_000
+    ));
+    assert!(matches!(
+        repay(&w, org, repayment, 1).await,
+        RepaymentOutcome::Conflict
+    ));
+    assert!(matches!(
+        w.store()
+            .repay_overdraft(
+                org,
+                Uuid::new_v4(),
+                600_001,
+                "INV-8",
+                &audit("org.overdraft_repayment")
+            )
+            .await
+            .expect("repay"),
+        RepaymentOutcome::TooMuch(_)
+    ));
+    w.record(org, vec![event(0, 40_000, now)])
+        .await
+        .expect("advanced again");
+    assert_eq!(overdraft_used(&w, org).await, 1_000_000);
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
 on_both_backends!(
+    overdraft_pays_what_the_wallet_lacks,
     small_requests_commit_in_groups,
     history_is_kept_as_long_as_the_plan_says,
     charged_acquired_then_alloc_then_wallet,

@@ -19,6 +19,7 @@ fn request(method: &str, uri: &str, token: &str, body: Option<Value>) -> test::T
         "GET" => test::TestRequest::get(),
         "POST" => test::TestRequest::post(),
         "DELETE" => test::TestRequest::delete(),
+        "PUT" => test::TestRequest::put(),
         other => panic!("{other}"),
     }
     .uri(uri);
@@ -518,6 +519,40 @@ async fn usage_through_http(db: &TestDb) {
         "input_tokens": 1, "output_tokens": 1, "timeout_seconds": 0});
     let bad = call(&service, request("POST", &reservations, &key, Some(bad))).await;
     expect(&bad, StatusCode::UNPROCESSABLE_ENTITY, "a bad timeout");
+    // An overdraft allowance set by an admin, read by the org; a repayment of more than is
+    // owed is refused.
+    let allowance = call(
+        &service,
+        request(
+            "PUT",
+            &format!("/v1/admin/orgs/{org}/overdraft"),
+            &admin,
+            Some(json!({"limit_micro_cr": 2_000_000})),
+        ),
+    )
+    .await;
+    expect(&allowance, StatusCode::OK, "an allowance");
+    let read = call(
+        &service,
+        request("GET", &format!("/v1/orgs/{org}/overdraft"), &alice, None),
+    )
+    .await;
+    expect(&read, StatusCode::OK, "read");
+    assert_eq!(read.body["available_micro_cr"], 2_000_000, "{}", read.body);
+    let repaid = call(
+        &service,
+        request(
+            "POST",
+            &format!("/v1/admin/orgs/{org}/overdraft/repayments"),
+            &admin,
+            Some(
+                json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e90", "amount_micro_cr": 1,
+                "reference": "INV-1"}),
+            ),
+        ),
+    )
+    .await;
+    expect(&repaid, StatusCode::CONFLICT, "nothing is owed");
     let listed = call(&service, request("GET", &reservations, &alice, None)).await;
     expect(&listed, StatusCode::OK, "listed");
     assert_eq!(

@@ -43,10 +43,14 @@ pub enum TransferCode {
     /// A correction: the reverse of a flow of any code above but `expiry` and `reversal`.
     /// It can never take value out of `acquired` except to `spent` or `expired`.
     Reversal,
+    /// CR advanced by the provider on an org's overdraft allowance, when its wallet cannot pay
+    /// a charge: `issuance → wallet`, linked with the spend it pays for. The org owes it
+    /// outside Credex (it is settled by invoice, not by moving CR back).
+    Overdraft,
 }
 
 impl TransferCode {
-    pub const ALL: [TransferCode; 12] = [
+    pub const ALL: [TransferCode; 13] = [
         Self::Allotment,
         Self::Grant,
         Self::TopUp,
@@ -59,6 +63,7 @@ impl TransferCode {
         Self::EmergencySale,
         Self::Expiry,
         Self::Reversal,
+        Self::Overdraft,
     ];
 
     /// The stable number storage keeps for this code.
@@ -76,6 +81,7 @@ impl TransferCode {
             Self::EmergencySale => 10,
             Self::Expiry => 11,
             Self::Reversal => 12,
+            Self::Overdraft => 13,
         }
     }
 
@@ -97,6 +103,7 @@ impl TransferCode {
             Self::EmergencySale => "emergency_sale",
             Self::Expiry => "expiry",
             Self::Reversal => "reversal",
+            Self::Overdraft => "overdraft",
         }
     }
 
@@ -110,7 +117,9 @@ impl TransferCode {
         use AssetClass::*;
         match (self, class) {
             (Self::Allotment, Token) => (debit, credit) == (Issuance, Alloc),
-            (Self::Grant | Self::TopUp, Credit) => (debit, credit) == (Issuance, Wallet),
+            (Self::Grant | Self::TopUp | Self::Overdraft, Credit) => {
+                (debit, credit) == (Issuance, Wallet)
+            }
             (Self::Spend, Token) => matches!(debit, Alloc | Acquired) && credit == Spent,
             (Self::Spend, Credit) => (debit, credit) == (Wallet, Spent),
             (Self::List, Token) => (debit, credit) == (Alloc, Escrow),

@@ -196,6 +196,35 @@ pub struct ReservationResolution {
     pub usage_event: Option<Uuid>,
 }
 
+/// An org's overdraft allowance: how far past its wallet it may spend, and how much of it is
+/// outstanding (advanced and not yet repaid).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Overdraft {
+    pub limit_micro_cr: u64,
+    pub used_micro_cr: u64,
+}
+
+impl Overdraft {
+    /// What may still be advanced.
+    pub fn headroom(self) -> u64 {
+        self.limit_micro_cr.saturating_sub(self.used_micro_cr)
+    }
+}
+
+/// What recording an overdraft repayment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepaymentOutcome {
+    NoOrg,
+    /// Recorded: the overdraft after it.
+    Repaid(Overdraft),
+    /// This repayment (same id and amount) was recorded before: the overdraft now.
+    Replayed(Overdraft),
+    /// The id was recorded with another amount.
+    Conflict,
+    /// More than is outstanding.
+    TooMuch(Overdraft),
+}
+
 /// How usage totals are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageGroup {
@@ -272,6 +301,8 @@ pub struct UsageView {
     pub held: HashMap<(Uuid, Timestamp), u64>,
     /// The reservations asked for that exist, by id.
     pub reservations: HashMap<Uuid, ReservationRecord>,
+    /// The org's overdraft allowance.
+    pub overdraft: Overdraft,
 }
 
 /// What a usage decision writes: one linked chain per charged event, and the events' rows.
@@ -287,6 +318,8 @@ pub struct UsageWrite {
     pub reservations: Vec<NewReservation>,
     /// Pending reservations to settle or release (each must still be pending).
     pub resolutions: Vec<ReservationResolution>,
+    /// µCR advanced on the org's overdraft by the chains (added to what is outstanding).
+    pub overdraft_drawn_micro_cr: u64,
 }
 
 /// A decision's answer.
@@ -362,6 +395,28 @@ pub trait UsageStore: Send + Sync {
         items: &[(OrgId, UsageReads)],
         decide: &mut UsageGroupDecision<'_>,
     ) -> Result<UsageGroupOutcome, StoreError>;
+
+    /// An org's overdraft allowance (none for no such org).
+    async fn overdraft(&self, org: OrgId) -> Result<Option<Overdraft>, StoreError>;
+
+    /// Sets how far past its wallet an org may spend (audited). None for no such org.
+    async fn set_overdraft_limit(
+        &self,
+        org: OrgId,
+        limit_micro_cr: u64,
+        audit: &AuditEntry,
+    ) -> Result<Option<Overdraft>, StoreError>;
+
+    /// Records that the org repaid `amount_micro_cr` of its overdraft (outside Credex),
+    /// idempotently by `id` (audited).
+    async fn repay_overdraft(
+        &self,
+        org: OrgId,
+        id: Uuid,
+        amount_micro_cr: u64,
+        reference: &str,
+        audit: &AuditEntry,
+    ) -> Result<RepaymentOutcome, StoreError>;
 
     /// Adds a budget.
     async fn put_budget(&self, budget: &BudgetRecord, audit: &AuditEntry)
@@ -462,6 +517,7 @@ macro_rules! shared_usage {
             use crate::usage::{
                 UsageFilter, UsageGroup, UsageTotal,
                 BudgetAlertRecord, BudgetRecord, NewReservation, ReservationRecord,
+                Overdraft, RepaymentOutcome,
                 ReservationResolution, ReservationState, UsageDecision, UsageGroupDecision,
                 UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord,
                 USAGE_GROUP_MAX,
@@ -820,6 +876,13 @@ macro_rules! shared_usage {
 
             crate::sql::append_audit_fn!(StoreError);
 
+            fn overdraft_of(row: &DbRow) -> Result<Overdraft, StoreError> {
+                Ok(Overdraft {
+                    limit_micro_cr: unsigned(row.try_get("overdraft_limit_micro_cr")?)?,
+                    used_micro_cr: unsigned(row.try_get("overdraft_used_micro_cr")?)?,
+                })
+            }
+
             const BUDGET_COLUMNS: &str = "id, org_id, name, scope_kind, scope_value, period, \
                  time_zone, limit_micro_cr, thresholds, hard, created_at";
 
@@ -961,14 +1024,26 @@ macro_rules! shared_usage {
                     let mut tx = dialect::begin_write(&self.pool).await?;
                     // Locked in id order, so groups and lone charges never deadlock.
                     let sql = format!(
-                        "SELECT id FROM orgs WHERE {} ORDER BY id{}",
+                        "SELECT id, overdraft_limit_micro_cr, overdraft_used_micro_cr \
+                         FROM orgs WHERE {} ORDER BY id{}",
                         dialect::in_uuids_at("id", 1),
                         dialect::FOR_NO_KEY_UPDATE
                     );
-                    let locked: Vec<Uuid> = sqlx::query_scalar(&sql)
+                    let rows = sqlx::query(&sql)
                         .bind(dialect::uuid_list(&orgs))
                         .fetch_all(&mut *tx)
                         .await?;
+                    let mut overdrafts: HashMap<Uuid, Overdraft> = HashMap::new();
+                    for row in &rows {
+                        overdrafts.insert(
+                            row.try_get("id")?,
+                            Overdraft {
+                                limit_micro_cr: unsigned(row.try_get("overdraft_limit_micro_cr")?)?,
+                                used_micro_cr: unsigned(row.try_get("overdraft_used_micro_cr")?)?,
+                            },
+                        );
+                    }
+                    let locked: Vec<Uuid> = overdrafts.keys().copied().collect();
                     let now = self.clock.now();
                     let present: Vec<&(OrgId, UsageReads)> = items
                         .iter()
@@ -1048,6 +1123,7 @@ macro_rules! shared_usage {
                                         .map(|record| (*id, record))
                                 })
                                 .collect(),
+                            overdraft: overdrafts.get(&org.as_uuid()).copied().unwrap_or_default(),
                         };
                         let UsageStep::Write(write) = decide(index, &view) else {
                             outcomes.push(UsageItemOutcome::Stopped);
@@ -1091,6 +1167,16 @@ macro_rules! shared_usage {
                         .collect();
                     insert_records(&mut tx, &records).await?;
                     for (org, write) in &writes {
+                        if write.overdraft_drawn_micro_cr > 0 {
+                            sqlx::query(
+                                "UPDATE orgs SET overdraft_used_micro_cr = \
+                                 overdraft_used_micro_cr + $2 WHERE id = $1",
+                            )
+                            .bind(org.as_uuid())
+                            .bind(signed(write.overdraft_drawn_micro_cr)?)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                         write_spend(&mut tx, &write.spend, &write.alerts).await?;
                         write_reservations(
                             &mut tx,
@@ -1133,6 +1219,118 @@ macro_rules! shared_usage {
                     self.retrying(Mode::Locked, |mode| async move {
                         let mut decide = decide.lock().await;
                         self.usage_group_once(items, &mut **decide, mode).await
+                    })
+                    .await
+                }
+
+                async fn overdraft(&self, org: OrgId) -> Result<Option<Overdraft>, StoreError> {
+                    let row = sqlx::query(
+                        "SELECT overdraft_limit_micro_cr, overdraft_used_micro_cr FROM orgs \
+                         WHERE id = $1",
+                    )
+                    .bind(org.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    row.map(|row| overdraft_of(&row)).transpose()
+                }
+
+                async fn set_overdraft_limit(
+                    &self,
+                    org: OrgId,
+                    limit_micro_cr: u64,
+                    audit: &AuditEntry,
+                ) -> Result<Option<Overdraft>, StoreError> {
+                    self.retrying(Mode::Locked, |_| async {
+                        let mut tx = dialect::begin_write(&self.pool).await?;
+                        let row = sqlx::query(
+                            "UPDATE orgs SET overdraft_limit_micro_cr = $2 WHERE id = $1 \
+                             RETURNING overdraft_limit_micro_cr, overdraft_used_micro_cr",
+                        )
+                        .bind(org.as_uuid())
+                        .bind(signed(limit_micro_cr)?)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(row) = row else {
+                            tx.rollback().await?;
+                            return Ok(None);
+                        };
+                        let overdraft = overdraft_of(&row)?;
+                        append_audit(&mut tx, audit).await?;
+                        tx.commit().await?;
+                        Ok(Some(overdraft))
+                    })
+                    .await
+                }
+
+                async fn repay_overdraft(
+                    &self,
+                    org: OrgId,
+                    id: Uuid,
+                    amount_micro_cr: u64,
+                    reference: &str,
+                    audit: &AuditEntry,
+                ) -> Result<RepaymentOutcome, StoreError> {
+                    self.retrying(Mode::Locked, |_| async {
+                        let mut tx = dialect::begin_write(&self.pool).await?;
+                        let sql = format!(
+                            "SELECT overdraft_limit_micro_cr, overdraft_used_micro_cr FROM orgs \
+                             WHERE id = $1{}",
+                            dialect::FOR_NO_KEY_UPDATE
+                        );
+                        let row = sqlx::query(&sql)
+                            .bind(org.as_uuid())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let Some(row) = row else {
+                            tx.rollback().await?;
+                            return Ok(RepaymentOutcome::NoOrg);
+                        };
+                        let now = overdraft_of(&row)?;
+                        let earlier: Option<i64> = sqlx::query_scalar(
+                            "SELECT amount_micro_cr FROM overdraft_repayments \
+                             WHERE org_id = $1 AND id = $2",
+                        )
+                        .bind(org.as_uuid())
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some(earlier) = earlier {
+                            tx.rollback().await?;
+                            return Ok(if unsigned(earlier)? == amount_micro_cr {
+                                RepaymentOutcome::Replayed(now)
+                            } else {
+                                RepaymentOutcome::Conflict
+                            });
+                        }
+                        if amount_micro_cr > now.used_micro_cr {
+                            tx.rollback().await?;
+                            return Ok(RepaymentOutcome::TooMuch(now));
+                        }
+                        sqlx::query(
+                            "INSERT INTO overdraft_repayments (org_id, id, amount_micro_cr, \
+                             reference, at) VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(org.as_uuid())
+                        .bind(id)
+                        .bind(signed(amount_micro_cr)?)
+                        .bind(reference)
+                        .bind(audit.at().as_micros())
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE orgs SET overdraft_used_micro_cr = \
+                             overdraft_used_micro_cr - $2 WHERE id = $1",
+                        )
+                        .bind(org.as_uuid())
+                        .bind(signed(amount_micro_cr)?)
+                        .execute(&mut *tx)
+                        .await?;
+                        append_audit(&mut tx, audit).await?;
+                        tx.commit().await?;
+                        Ok(RepaymentOutcome::Repaid(Overdraft {
+                            limit_micro_cr: now.limit_micro_cr,
+                            used_micro_cr: now.used_micro_cr - amount_micro_cr,
+                        }))
                     })
                     .await
                 }

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod market;
 pub mod models;
 pub mod orgs;
+pub mod overdraft;
 pub mod reports;
 pub mod reservations;
 pub mod review;

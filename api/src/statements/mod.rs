@@ -349,6 +349,7 @@ fn classify(flow: &Flow, token: bool) -> (SectionKind, String) {
         (TransferCode::Allotment, _) => (SectionKind::Allotments, item("allotment")),
         (TransferCode::Grant, _) => (SectionKind::Credits, item("grant")),
         (TransferCode::TopUp, _) => (SectionKind::Credits, item("top-up")),
+        (TransferCode::Overdraft, _) => (SectionKind::Credits, item("overdraft advance")),
         (TransferCode::Spend, _) => match &flow.attribution {
             Some(Attribution::Model(model)) => (SectionKind::Usage, model.clone()),
             _ => (SectionKind::Usage, item("(no usage event)")),

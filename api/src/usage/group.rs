@@ -44,13 +44,14 @@ pub(super) struct Prepared {
 }
 
 /// The recorded events and how many budget thresholds they crossed.
-type Answer = Result<(Vec<RecordedUsage>, u64), UsageError>;
+type Recorded = (Vec<RecordedUsage>, u64);
+type Answer = Result<Recorded, UsageError>;
 
 /// Decides one request against its view: what to write, and its answer.
 fn decide(
     prepared: &Prepared,
     view: &UsageView,
-) -> Result<(Option<UsageWrite>, (Vec<RecordedUsage>, u64)), UsageError> {
+) -> Result<(Option<UsageWrite>, Recorded), UsageError> {
     let (write, recorded) = plan(prepared.org, view, &prepared.priced, &prepared.budgets)?;
     let crossed = u64::try_from(write.alerts.len()).unwrap_or(u64::MAX);
     let write = (!write.records.is_empty()).then_some(write);
