@@ -14,6 +14,10 @@
 //! independent). When the ledger refuses a chain, or the group's transaction fails, nothing of
 //! the group is written and its requests run again one by one, exactly as without grouping.
 //!
+//! Orgs may be spread over [`LANES`] lanes (by their id), each with its own queue and turn, so
+//! that many groups run at once, never two with the same org (and so never waiting on each
+//! other's org locks); one lane measured fastest on this machine.
+//!
 //! A group runs in a task of its own, so a client that hangs up never cuts it short.
 
 use std::collections::{HashSet, VecDeque};
@@ -27,8 +31,12 @@ use super::*;
 
 /// The most requests one group carries.
 const GROUP_MAX: usize = 64;
-/// The most requests waiting; more are refused as overloaded (503).
-const QUEUE_MAX: usize = 8_192;
+/// The most requests waiting in one lane; more are refused as overloaded (503).
+const QUEUE_MAX: usize = 4_096;
+/// How many groups may run at once. One: with four lanes the same benchmark (32 clients of
+/// single events, 32 orgs, PostgreSQL) did 903–1,029 events/s against 1,058–1,215 with one,
+/// the smaller groups paying more per event than running side by side saved.
+const LANES: usize = 1;
 /// Requests of at most this many events are grouped; larger ones run alone.
 pub(super) const GROUPED_EVENTS_MAX: usize = 10;
 
@@ -93,13 +101,18 @@ pub struct GroupStats {
     pub ungrouped: u64,
 }
 
-/// The queue of small usage requests.
+/// The queues of small usage requests, one per lane.
 #[derive(Debug, Default)]
 pub(super) struct Groups {
-    waiting: Mutex<VecDeque<Waiter>>,
-    /// Held by the group that runs; whoever takes it next runs the next group.
-    turn: Arc<tokio::sync::Mutex<()>>,
+    lanes: [Lane; LANES],
     stats: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    waiting: Mutex<VecDeque<Waiter>>,
+    /// Held by the lane's group that runs; whoever takes it next runs the next group.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,9 +133,11 @@ impl Groups {
     /// Queues the request and waits for its answer, running groups (its own, or the one it
     /// is in) while the turn is free.
     pub(super) async fn submit(&self, ledger: &Arc<Ledger>, prepared: Prepared) -> Answer {
+        let bytes = prepared.org.as_uuid().as_u128();
+        let lane = &self.lanes[usize::try_from(bytes % LANES as u128).unwrap_or(0)];
         let (reply, mut answer) = oneshot::channel();
         {
-            let mut waiting = lock(&self.waiting);
+            let mut waiting = lock(&lane.waiting);
             if waiting.len() >= QUEUE_MAX {
                 return Err(UsageError::Store(StoreError::Overloaded {
                     waited: std::time::Duration::ZERO,
@@ -131,7 +146,7 @@ impl Groups {
             waiting.push_back(Waiter { prepared, reply });
         }
         loop {
-            let turn = Arc::clone(&self.turn).lock_owned().await;
+            let turn = Arc::clone(&lane.turn).lock_owned().await;
             match answer.try_recv() {
                 Ok(result) => return result,
                 Err(oneshot::error::TryRecvError::Closed) => {
@@ -139,7 +154,7 @@ impl Groups {
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
-            let group = take_group(&mut lock(&self.waiting));
+            let group = take_group(&mut lock(&lane.waiting));
             let ledger = Arc::clone(ledger);
             let stats = Arc::clone(&self.stats);
             let task = tokio::spawn(async move {
