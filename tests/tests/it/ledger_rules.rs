@@ -1425,6 +1425,7 @@ const CREDIT_FLOWS: &[(TransferCode, AccountKind, AccountKind)] = &[
     (C::Buyback, K::Issuance, K::Wallet),
     (C::EmergencySale, K::Wallet, K::Spent),
     (C::Expiry, K::Wallet, K::Expired),
+    (C::Overdraft, K::Issuance, K::Wallet),
     // Reversals: each of the above backwards, but expiry.
     (C::Reversal, K::Wallet, K::Issuance),
     (C::Reversal, K::Spent, K::Wallet),
@@ -1563,10 +1564,10 @@ async fn rule8_credits_move_only_along_their_flows(db: &TestDb) {
         (K::Wallet, b.wallet),
     ];
     let committed = flow_matrix(&fx, &cr, &accounts).await;
-    // 12 allowed (code, kinds) flows; wallet→wallet ones run both ways, the others once per
-    // wallet: grant, top-up, buyback, spend, emergency sale, expiry, fee and three reversals
-    // twice each, trade and its reversal twice each.
-    assert_eq!(committed, 24);
+    // 13 allowed (code, kinds) flows; wallet→wallet ones run both ways, the others once per
+    // wallet: grant, top-up, overdraft, buyback, spend, emergency sale, expiry, fee and three
+    // reversals twice each, trade and its reversal twice each.
+    assert_eq!(committed, 26);
     assert_eq!(fx.journal().await.len(), before + committed);
     #[rustfmt::skip]
     let cases: Vec<Case> = vec![
