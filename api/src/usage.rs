@@ -371,15 +371,14 @@ impl Usage {
         alerts: &mut u64,
     ) -> Result<Vec<RecordedUsage>, UsageError> {
         check_batch(&events)?;
-        let budgets = self
-            .store()
-            .budgets_of(org)
-            .await?
+        // The org's budgets and the events' prices are read side by side.
+        let (budgets, priced) = tokio::join!(self.store().budgets_of(org), self.price(org, events));
+        let budgets = budgets?
             .iter()
             .map(Budget::parse)
             .collect::<Result<Vec<_>, _>>()
             .map_err(corrupt)?;
-        let mut priced = self.price(org, events).await?;
+        let mut priced = priced?;
         for p in &mut priced {
             let event = &p.event;
             p.budgets = budgets
