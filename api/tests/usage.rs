@@ -612,7 +612,89 @@ async fn overdraft_pays_what_the_wallet_lacks(db: &TestDb) {
     w.ledger.close().await;
 }
 
+async fn cr_account(
+    w: &common::usage_world::World,
+    owner: Owner,
+    kind: AccountKind,
+) -> credex_ledger::AccountId {
+    w.store()
+        .find_account(&credex_ledger::AssetCode::credit(), owner, kind)
+        .await
+        .expect("find")
+        .expect("an account")
+        .account
+        .id()
+}
+
+/// A group usage transaction is all or nothing: when the ledger refuses one org's chain (its
+/// wallet cannot pay), the other org's accepted chain is not written either, and the answer
+/// names the refusal; the same group without the bad chain commits both parts.
+async fn a_group_is_all_or_nothing(db: &TestDb) {
+    use credex_ledger::{Amount, AssetCode, Movement, Transfer, TransferCode, TransferId};
+    use credex_store::{UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageStep, UsageWrite};
+    let w = world(db, 2).await;
+    let (a, b) = (w.orgs[0], w.orgs[1]);
+    let credit = AssetCode::credit();
+    let spent = cr_account(&w, Owner::Provider, AccountKind::Spent).await;
+    let wallets = [
+        cr_account(&w, Owner::Org(a), AccountKind::Wallet).await,
+        cr_account(&w, Owner::Org(b), AccountKind::Wallet).await,
+    ];
+    let spend = |wallet, amount| {
+        let movement = Movement::new(
+            wallet,
+            spent,
+            credit.clone(),
+            Amount::new(amount).expect("an amount"),
+            TransferCode::Spend,
+        )
+        .expect("a movement");
+        Transfer::movement(TransferId::generate(), movement)
+    };
+    let items = vec![(a, UsageReads::default()), (b, UsageReads::default())];
+    // Each part writes one chain of its own.
+    let store = w.store().clone();
+    let run = |chains: [Transfer; 2]| {
+        let (items, store) = (items.clone(), store.clone());
+        async move {
+            let mut decide = |index: usize, _: &credex_store::UsageView| {
+                UsageStep::Write(Box::new(UsageWrite {
+                    chains: vec![vec![chains[index].clone()]],
+                    ..UsageWrite::default()
+                }))
+            };
+            store
+                .usage_group_tx(&items, &mut decide)
+                .await
+                .expect("a group")
+        }
+    };
+    // Org b's chain asks for more than its wallet holds.
+    let outcome = run([spend(wallets[0], 1_000), spend(wallets[1], CREDITS + 1)]).await;
+    assert!(
+        matches!(outcome, UsageGroupOutcome::Refused { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(w.balances(a).await.2, i128::from(CREDITS), "nothing of a");
+    assert_eq!(w.balances(b).await.2, i128::from(CREDITS), "nothing of b");
+    // Both within their wallets: both written, in one commit.
+    let outcome = run([spend(wallets[0], 1_000), spend(wallets[1], 2_000)]).await;
+    assert_eq!(
+        outcome,
+        UsageGroupOutcome::Done(vec![UsageItemOutcome::Written, UsageItemOutcome::Written])
+    );
+    assert_eq!(w.balances(a).await.2, i128::from(CREDITS) - 1_000);
+    assert_eq!(w.balances(b).await.2, i128::from(CREDITS) - 2_000);
+    // An org named twice is refused before anything is read.
+    let twice = vec![(a, UsageReads::default()), (a, UsageReads::default())];
+    let mut never = |_: usize, _: &credex_store::UsageView| UsageStep::Stop;
+    assert!(w.store().usage_group_tx(&twice, &mut never).await.is_err());
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
 on_both_backends!(
+    a_group_is_all_or_nothing,
     overdraft_pays_what_the_wallet_lacks,
     small_requests_commit_in_groups,
     history_is_kept_as_long_as_the_plan_says,
