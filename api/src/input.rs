@@ -310,6 +310,40 @@ pub fn audit_cursor(raw: &str) -> Option<(i64, uuid::Uuid)> {
     versioned.then_some((at, id))
 }
 
+/// A page cursor of the form `<microseconds>_<uuid>` (1 to 18 digits, optionally negative; a
+/// lowercase UUID), as the pages of usage events, reservations and deliveries hand it out.
+pub fn instant_cursor(raw: &str) -> Option<(credex_ledger::Timestamp, uuid::Uuid)> {
+    let (micros, id) = raw.split_once('_')?;
+    let digits = micros.strip_prefix('-').unwrap_or(micros);
+    let shaped = (1..=18).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    let micros: i64 = shaped.then(|| micros.parse().ok()).flatten()?;
+    let id = uuid(id).filter(|_| id.bytes().all(|b| !b.is_ascii_uppercase()))?;
+    Some((credex_ledger::Timestamp::from_micros(micros), id))
+}
+
+/// An optional UUID field: absent, or a UUID (422 naming `field` otherwise).
+pub fn optional_uuid(
+    field: &str,
+    raw: Option<&str>,
+) -> Result<Option<uuid::Uuid>, actix_web::Error> {
+    raw.map(|text| uuid(text).ok_or_else(|| invalid(field, "not a UUID")))
+        .transpose()
+}
+
+/// An optional text field: absent, or 1 to `max` characters (422 naming `field` otherwise).
+pub fn optional_text(
+    field: &str,
+    raw: Option<String>,
+    max: usize,
+) -> Result<Option<String>, actix_web::Error> {
+    match raw {
+        Some(text) if text.is_empty() || text.chars().count() > max => {
+            Err(invalid(field, format!("1 to {max} characters")))
+        }
+        other => Ok(other),
+    }
+}
+
 /// An RFC 3339 `date-time` as JSON Schema's format takes it (`T`/`t`, `Z`/`z`, any number of
 /// fractional digits, a leap second only at 23:59:60 UTC), in microseconds since the epoch;
 /// fractions below a microsecond are dropped, a leap second counts as its last microsecond.

@@ -372,47 +372,11 @@ impl Usage {
     ) -> Result<Vec<RecordedUsage>, UsageError> {
         check_batch(&events)?;
         // The org's budgets and the events' prices are read side by side.
-        let (budgets, priced) = tokio::join!(self.store().budgets_of(org), self.price(org, events));
-        let budgets = budgets?
-            .iter()
-            .map(Budget::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?;
-        let mut priced = priced?;
-        for p in &mut priced {
-            let event = &p.event;
-            p.budgets = budgets
-                .iter()
-                .enumerate()
-                .filter(|(_, budget)| {
-                    budget.applies(event.user, event.api_key, event.task.as_deref())
-                })
-                .map(|(index, budget)| (index, budget.period_start(event.at)))
-                .collect();
-        }
-        let mut reads = UsageReads {
-            events: priced.iter().map(|p| p.event.id).collect(),
-            balances: Vec::new(),
-            spend: Vec::new(),
-            reservations: Vec::new(),
-        };
-        for p in &priced {
-            reads.spend.extend(
-                p.budgets
-                    .iter()
-                    .map(|(index, start)| (budgets[*index].id(), *start)),
-            );
-        }
-        reads.spend.sort_unstable();
-        reads.spend.dedup();
-        for p in &priced {
-            let a = p.accounts;
-            reads
-                .balances
-                .extend([a.acquired, a.alloc, a.wallet].into_iter().flatten());
-        }
-        reads.balances.sort_unstable();
-        reads.balances.dedup();
+        let (budgets, priced) = tokio::join!(self.budgets(org), self.price(org, events));
+        let (budgets, mut priced) = (budgets?, priced?);
+        count_in(&budgets, &mut priced);
+        let ids = priced.iter().map(|p| p.event.id).collect();
+        let reads = reads_for(&priced, &budgets, ids, Vec::new());
         let prepared = group::Prepared {
             org,
             priced,
@@ -426,6 +390,17 @@ impl Usage {
         };
         *alerts = crossed;
         Ok(recorded)
+    }
+
+    /// The org's budgets, parsed.
+    async fn budgets(&self, org: OrgId) -> Result<Vec<Budget>, UsageError> {
+        self.store()
+            .budgets_of(org)
+            .await?
+            .iter()
+            .map(Budget::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)
     }
 
     /// How this process's small usage requests were committed, since it started.
@@ -723,6 +698,50 @@ fn plan(
         .collect();
     write.overdraft_drawn_micro_cr = drawn;
     Ok((write, answers))
+}
+
+/// Notes on each priced event the budgets that apply to it, with their periods at its instant.
+fn count_in(budgets: &[Budget], priced: &mut [Priced]) {
+    for p in priced {
+        let event = &p.event;
+        p.budgets = budgets
+            .iter()
+            .enumerate()
+            .filter(|(_, budget)| budget.applies(event.user, event.api_key, event.task.as_deref()))
+            .map(|(index, budget)| (index, budget.period_start(event.at)))
+            .collect();
+    }
+}
+
+/// What deciding `priced` reads under the org's lock: the accounts its events may draw on, the
+/// periods of the budgets they count in, the `events` that may be recorded already and the
+/// `reservations` that may exist.
+fn reads_for(
+    priced: &[Priced],
+    budgets: &[Budget],
+    events: Vec<Uuid>,
+    reservations: Vec<Uuid>,
+) -> UsageReads {
+    let mut balances: Vec<AccountId> = priced
+        .iter()
+        .flat_map(|p| [p.accounts.acquired, p.accounts.alloc, p.accounts.wallet])
+        .flatten()
+        .collect();
+    balances.sort_unstable();
+    balances.dedup();
+    let mut spend: Vec<(Uuid, Timestamp)> = priced
+        .iter()
+        .flat_map(|p| p.budgets.iter())
+        .map(|(index, start)| (budgets[*index].id(), *start))
+        .collect();
+    spend.sort_unstable();
+    spend.dedup();
+    UsageReads {
+        events,
+        balances,
+        spend,
+        reservations,
+    }
 }
 
 /// Runs a decision under the org's lock ([`credex_store::UsageStore::usage_tx`]) and

@@ -79,6 +79,14 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         matches!(self, Self::User { user, .. } if user.is_admin)
     }
+
+    /// The API key calling, if a key is.
+    pub fn api_key_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Key(key) => Some(key.id.as_uuid()),
+            Self::User { .. } => None,
+        }
+    }
 }
 
 fn bearer(req: &HttpRequest) -> Option<String> {

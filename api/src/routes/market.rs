@@ -936,7 +936,8 @@ async fn links_view(store: &dyn Store, org: OrgId) -> Result<LinksView, actix_we
     })
 }
 
-async fn known_org(store: &dyn Store, raw: &str) -> Result<OrgId, actix_web::Error> {
+/// The org named by `raw`, when it exists (404 otherwise).
+pub(crate) async fn known_org(store: &dyn Store, raw: &str) -> Result<OrgId, actix_web::Error> {
     let not_found = || problem(ProblemKind::NotFound, "no such org");
     let org = OrgId::parse(raw).map_err(|_| not_found())?;
     store

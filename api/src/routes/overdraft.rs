@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::access::{Admin, OrgAccess, Read};
 use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
+use crate::routes::market::known_org;
 use crate::startup::AppState;
 
 /// The largest allowance: 1,000,000 CR.
@@ -47,17 +48,6 @@ impl From<Overdraft> for OverdraftView {
             available_micro_cr: overdraft.headroom(),
         }
     }
-}
-
-async fn known_org(store: &dyn Store, raw: &str) -> Result<OrgId, actix_web::Error> {
-    let not_found = || problem(ProblemKind::NotFound, "no such org");
-    let org = OrgId::parse(raw).map_err(|_| not_found())?;
-    store
-        .org(org)
-        .await
-        .map_err(|error| internal(&error))?
-        .ok_or_else(not_found)?;
-    Ok(org)
 }
 
 fn audit(

@@ -6,23 +6,21 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
 use credex_ledger::Timestamp;
-use credex_pricing::TokenUsage;
 use credex_store::{ReservationRecord, ReservationState, USAGE_PAGE_MAX};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::access::{Caller, OrgAccess, Read, UsageWrite};
+use crate::auth::access::{OrgAccess, Read, UsageWrite};
 use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
-use crate::routes::usage::{parse_event, usage_error, UsageEventBody, UsageEventView};
+use crate::routes::usage::{call_fields, parse_event, usage_error, UsageEventBody, UsageEventView};
 use crate::startup::AppState;
 use crate::usage::reservations::{
     ReservationRequest, RESERVATION_TIMEOUT_DEFAULT, RESERVATION_TIMEOUT_MAX,
 };
 use crate::usage::LABEL_MAX;
 use crate::views::rfc3339;
-use credex_pricing::cost::MAX_TOKENS_PER_KIND;
 
 fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
     ApiError::internal(error).into()
@@ -169,50 +167,21 @@ fn view(record: &ReservationRecord, now: Timestamp) -> ReservationView {
     }
 }
 
-fn caller_key(caller: &Caller) -> Option<Uuid> {
-    match caller {
-        Caller::Key(key) => Some(key.id.as_uuid()),
-        Caller::User { .. } => None,
-    }
-}
-
-fn label(name: &str, raw: Option<String>) -> Result<Option<String>, actix_web::Error> {
-    match raw {
-        Some(text) if text.is_empty() || text.chars().count() > LABEL_MAX => {
-            Err(invalid(name, format!("1 to {LABEL_MAX} characters")))
-        }
-        other => Ok(other),
-    }
-}
-
-fn optional_uuid(name: &str, raw: Option<&str>) -> Result<Option<Uuid>, actix_web::Error> {
-    raw.map(|text| input::uuid(text).ok_or_else(|| invalid(name, "not a UUID")))
-        .transpose()
-}
-
 fn parse_request(
     body: ReservationBody,
     caller_key: Option<Uuid>,
 ) -> Result<ReservationRequest, actix_web::Error> {
-    let id = input::uuid(&body.id)
-        .filter(|id| !id.is_nil() && !id.is_max())
-        .ok_or_else(|| invalid("id", "a UUID, neither nil nor max"))?;
-    if body.model.is_empty() || body.model.chars().count() > 128 {
-        return Err(invalid("model", "1 to 128 characters"));
-    }
-    let counts = [
-        ("input_tokens", body.input_tokens),
-        ("cached_input_tokens", body.cached_input_tokens.unwrap_or(0)),
-        ("cache_write_tokens", body.cache_write_tokens.unwrap_or(0)),
-        ("output_tokens", body.output_tokens),
-    ];
-    for (name, count) in counts {
-        if count > MAX_TOKENS_PER_KIND {
-            return Err(invalid(name, "at most 10^12"));
-        }
-    }
-    let tokens = TokenUsage::new(counts[0].1, counts[1].1, counts[2].1, counts[3].1)
-        .map_err(|error| invalid("input_tokens", error))?;
+    let (id, tokens) = call_fields(
+        &|name| name.to_owned(),
+        &body.id,
+        &body.model,
+        [
+            body.input_tokens,
+            body.cached_input_tokens.unwrap_or(0),
+            body.cache_write_tokens.unwrap_or(0),
+            body.output_tokens,
+        ],
+    )?;
     let timeout_seconds = body.timeout_seconds.unwrap_or(RESERVATION_TIMEOUT_DEFAULT);
     if !(1..=RESERVATION_TIMEOUT_MAX).contains(&timeout_seconds) {
         return Err(invalid(
@@ -225,10 +194,10 @@ fn parse_request(
         model: body.model,
         tokens,
         timeout_seconds,
-        user: optional_uuid("user_id", body.user_id.as_deref())?,
-        api_key: optional_uuid("api_key_id", body.api_key_id.as_deref())?.or(caller_key),
-        task: label("task", body.task)?,
-        conversation: label("conversation", body.conversation)?,
+        user: input::optional_uuid("user_id", body.user_id.as_deref())?,
+        api_key: input::optional_uuid("api_key_id", body.api_key_id.as_deref())?.or(caller_key),
+        task: input::optional_text("task", body.task, LABEL_MAX)?,
+        conversation: input::optional_text("conversation", body.conversation, LABEL_MAX)?,
     })
 }
 
@@ -261,7 +230,7 @@ pub async fn create_reservation(
     body: web::Json<ReservationBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let request = parse_request(body.into_inner(), caller_key(&access.caller))?;
+    let request = parse_request(body.into_inner(), access.caller.api_key_id())?;
     let answer = state
         .usage
         .reserve(access.org, request)
@@ -365,13 +334,8 @@ pub async fn list_reservations(
         .before
         .as_deref()
         .map(|raw| {
-            let cursor = raw.split_once('_').and_then(|(micros, id)| {
-                Some((
-                    Timestamp::from_micros(micros.parse().ok()?),
-                    input::uuid(id)?,
-                ))
-            });
-            cursor.ok_or_else(|| invalid("before", "a cursor from a page's `next`"))
+            input::instant_cursor(raw)
+                .ok_or_else(|| invalid("before", "a cursor from a page's `next`"))
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(100);
@@ -444,7 +408,7 @@ pub async fn settle_reservation(
         0,
         body.into_inner(),
         store.clock().now(),
-        caller_key(&access.caller),
+        access.caller.api_key_id(),
     )?;
     let settled = state
         .usage

@@ -11,7 +11,7 @@ use credex_store::{UsageRecord, USAGE_BATCH_MAX, USAGE_PAGE_MAX};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::access::{Caller, OrgAccess, Read, UsageWrite};
+use crate::auth::access::{OrgAccess, Read, UsageWrite};
 use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
@@ -191,41 +191,35 @@ fn field(index: usize, name: &str) -> String {
     format!("events[{index}].{name}")
 }
 
-fn optional_uuid(
-    index: usize,
-    name: &str,
-    raw: Option<&str>,
-) -> Result<Option<uuid::Uuid>, actix_web::Error> {
-    raw.map(|text| input::uuid(text).ok_or_else(|| invalid(&field(index, name), "not a UUID")))
-        .transpose()
-}
-
-/// A text filter of the totals: 1 to `max` characters, as documented.
-fn filter_text(
-    name: &str,
-    raw: Option<String>,
-    max: usize,
-) -> Result<Option<String>, actix_web::Error> {
-    match raw {
-        Some(text) if text.is_empty() || text.chars().count() > max => {
-            Err(invalid(name, format!("1 to {max} characters")))
+/// The fields a reported call and a reservation share, checked: the id (a UUID, neither nil
+/// nor max), the model name (1 to 128 characters) and the four token counts (input, cached
+/// input, cache write, output; each at most 10^12). `field` names a field for its error.
+pub(crate) fn call_fields(
+    field: &dyn Fn(&str) -> String,
+    id: &str,
+    model: &str,
+    counts: [u64; 4],
+) -> Result<(uuid::Uuid, TokenUsage), actix_web::Error> {
+    let id = input::uuid(id)
+        .filter(|id| !id.is_nil() && !id.is_max())
+        .ok_or_else(|| invalid(&field("id"), "a UUID, neither nil nor max"))?;
+    if model.is_empty() || model.chars().count() > 128 {
+        return Err(invalid(&field("model"), "1 to 128 characters"));
+    }
+    let names = [
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+    ];
+    for (name, count) in names.into_iter().zip(counts) {
+        if count > MAX_TOKENS_PER_KIND {
+            return Err(invalid(&field(name), "at most 10^12"));
         }
-        other => Ok(other),
     }
-}
-
-fn label(
-    index: usize,
-    name: &str,
-    raw: Option<String>,
-) -> Result<Option<String>, actix_web::Error> {
-    match raw {
-        Some(text) if text.is_empty() || text.chars().count() > LABEL_MAX => Err(invalid(
-            &field(index, name),
-            format!("1 to {LABEL_MAX} characters"),
-        )),
-        other => Ok(other),
-    }
+    let tokens = TokenUsage::new(counts[0], counts[1], counts[2], counts[3])
+        .map_err(|error| invalid(&field("input_tokens"), error))?;
+    Ok((id, tokens))
 }
 
 pub(crate) fn parse_event(
@@ -234,25 +228,17 @@ pub(crate) fn parse_event(
     now: Timestamp,
     caller_key: Option<uuid::Uuid>,
 ) -> Result<UsageEvent, actix_web::Error> {
-    let id = input::uuid(&body.id)
-        .filter(|id| !id.is_nil() && !id.is_max())
-        .ok_or_else(|| invalid(&field(index, "id"), "a UUID, neither nil nor max"))?;
-    if body.model.is_empty() || body.model.chars().count() > 128 {
-        return Err(invalid(&field(index, "model"), "1 to 128 characters"));
-    }
-    let counts = [
-        ("input_tokens", body.input_tokens),
-        ("cached_input_tokens", body.cached_input_tokens.unwrap_or(0)),
-        ("cache_write_tokens", body.cache_write_tokens.unwrap_or(0)),
-        ("output_tokens", body.output_tokens),
-    ];
-    for (name, count) in counts {
-        if count > MAX_TOKENS_PER_KIND {
-            return Err(invalid(&field(index, name), "at most 10^12"));
-        }
-    }
-    let tokens = TokenUsage::new(counts[0].1, counts[1].1, counts[2].1, counts[3].1)
-        .map_err(|error| invalid(&field(index, "input_tokens"), error))?;
+    let (id, tokens) = call_fields(
+        &|name| field(index, name),
+        &body.id,
+        &body.model,
+        [
+            body.input_tokens,
+            body.cached_input_tokens.unwrap_or(0),
+            body.cache_write_tokens.unwrap_or(0),
+            body.output_tokens,
+        ],
+    )?;
     let at = match body.at.as_deref() {
         Some(raw) => input::instant(&field(index, "at"), raw)?,
         None => now,
@@ -281,10 +267,15 @@ pub(crate) fn parse_event(
         model: body.model,
         tokens,
         at,
-        user: optional_uuid(index, "user_id", body.user_id.as_deref())?,
-        api_key: optional_uuid(index, "api_key_id", body.api_key_id.as_deref())?.or(caller_key),
-        task: label(index, "task", body.task)?,
-        conversation: label(index, "conversation", body.conversation)?,
+        user: input::optional_uuid(&field(index, "user_id"), body.user_id.as_deref())?,
+        api_key: input::optional_uuid(&field(index, "api_key_id"), body.api_key_id.as_deref())?
+            .or(caller_key),
+        task: input::optional_text(&field(index, "task"), body.task, LABEL_MAX)?,
+        conversation: input::optional_text(
+            &field(index, "conversation"),
+            body.conversation,
+            LABEL_MAX,
+        )?,
         metadata,
     })
 }
@@ -373,10 +364,7 @@ pub async fn record_usage(
         return Err(invalid("events", format!("1 to {USAGE_BATCH_MAX} events")));
     }
     let now = state.ledger.store().clock().now();
-    let caller_key = match &access.caller {
-        Caller::Key(key) => Some(key.id.as_uuid()),
-        Caller::User { .. } => None,
-    };
+    let caller_key = access.caller.api_key_id();
     let events = body
         .events
         .into_iter()
@@ -427,12 +415,6 @@ pub struct UsagePageView {
     pub next: Option<String>,
 }
 
-fn cursor(raw: &str) -> Option<(Timestamp, uuid::Uuid)> {
-    let (micros, id) = raw.split_once('_')?;
-    let micros: i64 = micros.parse().ok()?;
-    Some((Timestamp::from_micros(micros), input::uuid(id)?))
-}
-
 /// The org's recorded calls in the order they happened (members; API keys need `read`).
 #[utoipa::path(
     get,
@@ -465,7 +447,10 @@ pub async fn list_usage(
     let after = query
         .after
         .as_deref()
-        .map(|raw| cursor(raw).ok_or_else(|| invalid("after", "a cursor from a page's `next`")))
+        .map(|raw| {
+            input::instant_cursor(raw)
+                .ok_or_else(|| invalid("after", "a cursor from a page's `next`"))
+        })
         .transpose()?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=USAGE_PAGE_MAX).contains(&limit) {
@@ -607,11 +592,6 @@ fn optional_instant(field: &str, raw: Option<&str>) -> Result<Option<Timestamp>,
     raw.map(|text| input::instant(field, text)).transpose()
 }
 
-fn query_uuid(field: &str, raw: Option<&str>) -> Result<Option<uuid::Uuid>, actix_web::Error> {
-    raw.map(|text| input::uuid(text).ok_or_else(|| invalid(field, "not a UUID")))
-        .transpose()
-}
-
 /// Tokens and cost of the org's calls grouped by model, class, user, API key, task,
 /// conversation or day, with filters; the costliest groups first (members; API keys need
 /// `read`).
@@ -640,12 +620,12 @@ pub async fn usage_totals(
     let filter = UsageFilter {
         from: optional_instant("from", query.from.as_deref())?,
         to: optional_instant("to", query.to.as_deref())?,
-        model: filter_text("model", query.model, 128)?,
-        class: filter_text("class", query.class, 64)?,
-        user: query_uuid("user_id", query.user_id.as_deref())?,
-        api_key: query_uuid("api_key_id", query.api_key_id.as_deref())?,
-        task: filter_text("task", query.task, LABEL_MAX)?,
-        conversation: filter_text("conversation", query.conversation, LABEL_MAX)?,
+        model: input::optional_text("model", query.model, 128)?,
+        class: input::optional_text("class", query.class, 64)?,
+        user: input::optional_uuid("user_id", query.user_id.as_deref())?,
+        api_key: input::optional_uuid("api_key_id", query.api_key_id.as_deref())?,
+        task: input::optional_text("task", query.task, LABEL_MAX)?,
+        conversation: input::optional_text("conversation", query.conversation, LABEL_MAX)?,
     };
     let top = query.top.unwrap_or(100);
     if !(1..=USAGE_PAGE_MAX).contains(&top) {

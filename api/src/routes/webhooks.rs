@@ -314,12 +314,7 @@ fn page_limit(limit: Option<u32>) -> Result<u32, actix_web::Error> {
 }
 
 fn cursor(raw: &str) -> Option<(Timestamp, Uuid)> {
-    let (micros, id) = raw.split_once('_')?;
-    let digits = micros.strip_prefix('-').unwrap_or(micros);
-    let shaped = (1..=18).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
-    let micros: i64 = shaped.then(|| micros.parse().ok()).flatten()?;
-    let id = input::uuid(id).filter(|_| id.bytes().all(|b| !b.is_ascii_uppercase()))?;
-    Some((Timestamp::from_micros(micros), id))
+    input::instant_cursor(raw)
 }
 
 /// Registers a webhook (owners): the org's events are POSTed to it, signed with a secret shown

@@ -112,33 +112,6 @@ fn held_legs(record: &ReservationRecord) -> [(&'static str, u64); 3] {
     ]
 }
 
-/// What a reservation or settlement reads: the accounts the call may draw on, the periods of
-/// the budgets that apply, the reservation, and the `events` that may be recorded.
-fn reads_for(
-    priced: &Priced,
-    budgets: &[Budget],
-    events: Vec<Uuid>,
-    reservation: Uuid,
-) -> UsageReads {
-    let a = priced.accounts;
-    let mut balances: Vec<AccountId> = [a.acquired, a.alloc, a.wallet]
-        .into_iter()
-        .flatten()
-        .collect();
-    balances.sort_unstable();
-    balances.dedup();
-    UsageReads {
-        events,
-        balances,
-        spend: priced
-            .budgets
-            .iter()
-            .map(|(index, start)| (budgets[*index].id(), *start))
-            .collect(),
-        reservations: vec![reservation],
-    }
-}
-
 /// What an account has available in the view (0 for none).
 fn available_in(view: &UsageView, account: Option<AccountId>) -> u64 {
     account
@@ -161,30 +134,6 @@ fn closed(record: &ReservationRecord, now: Timestamp) -> Option<UsageError> {
 }
 
 impl Usage {
-    /// The budgets of `org` that apply to `event`, with their periods at the event's instant.
-    async fn applying_budgets(
-        &self,
-        org: OrgId,
-        priced: &mut Priced,
-    ) -> Result<Vec<Budget>, UsageError> {
-        let budgets = self
-            .store()
-            .budgets_of(org)
-            .await?
-            .iter()
-            .map(Budget::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?;
-        let event = &priced.event;
-        priced.budgets = budgets
-            .iter()
-            .enumerate()
-            .filter(|(_, budget)| budget.applies(event.user, event.api_key, event.task.as_deref()))
-            .map(|(index, budget)| (index, budget.period_start(event.at)))
-            .collect();
-        Ok(budgets)
-    }
-
     /// Holds the worst-case cost of a call (see the module).
     pub async fn reserve(
         &self,
@@ -206,9 +155,15 @@ impl Usage {
             .await?
             .pop()
             .ok_or_else(|| corrupt("a reservation priced to nothing"))?;
-        let budgets = self.applying_budgets(org, &mut priced).await?;
+        let budgets = self.budgets(org).await?;
+        count_in(&budgets, std::slice::from_mut(&mut priced));
         let a = priced.accounts;
-        let reads = reads_for(&priced, &budgets, Vec::new(), request.id);
+        let reads = reads_for(
+            std::slice::from_ref(&priced),
+            &budgets,
+            Vec::new(),
+            vec![request.id],
+        );
         let timeout = request.timeout_seconds;
         let answer = self
             .run(org, &reads, |view| {
@@ -338,9 +293,15 @@ impl Usage {
             .await?
             .pop()
             .ok_or_else(|| corrupt("a settlement priced to nothing"))?;
-        let budgets = self.applying_budgets(org, &mut priced).await?;
+        let budgets = self.budgets(org).await?;
+        count_in(&budgets, std::slice::from_mut(&mut priced));
         let a = priced.accounts;
-        let reads = reads_for(&priced, &budgets, vec![priced.event.id], reservation);
+        let reads = reads_for(
+            std::slice::from_ref(&priced),
+            &budgets,
+            vec![priced.event.id],
+            vec![reservation],
+        );
         let mut alerts = 0;
         let outcome = self
             .run(org, &reads, |view| {
