@@ -19,6 +19,7 @@ pub mod market;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;
+pub mod portal;
 pub mod problem;
 pub mod ratelimit;
 pub mod review;

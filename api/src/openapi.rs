@@ -27,6 +27,7 @@ use crate::routes;
         routes::auth::refresh,
         routes::auth::logout,
         routes::auth::me,
+        routes::auth::change_password,
         routes::orgs::create_org,
         routes::orgs::change_org,
         routes::orgs::create_user,

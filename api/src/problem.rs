@@ -384,7 +384,14 @@ fn stamp(response: &mut HttpResponse, id: &str) {
 async fn into_problem(response: ServiceResponse<BoxBody>, id: &str) -> ServiceResponse<BoxBody> {
     let status = response.status();
     let (request, mut response) = response.into_parts();
-    if status.is_client_error() || status.is_server_error() {
+    // The portal's pages answer errors as pages of their own (the form again, with the
+    // problem next to its field); everything else answers problem details.
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    if (status.is_client_error() || status.is_server_error()) && !is_page {
         let headers = response.headers().clone();
         let (problem, ()) = to_problem(status, &headers, response.into_body(), id).await;
         let mut rebuilt = problem_response(status, &problem);

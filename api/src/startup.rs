@@ -166,6 +166,7 @@ pub fn app(
 > {
     // The last `wrap` is the outermost: metrics see every answer, problem details shape every
     // error, rate limits come before any work.
+    let portal = crate::portal::PortalApi::new(parts.clone());
     App::new()
         .wrap(from_fn(ratelimit::per_address))
         .wrap(from_fn(problem::problem_details))
@@ -174,6 +175,7 @@ pub fn app(
         .app_data(parts.auth)
         .app_data(parts.metrics)
         .app_data(parts.limits)
+        .app_data(portal)
         .app_data(
             web::JsonConfig::default()
                 .limit(1 << 20)
@@ -198,6 +200,7 @@ pub fn app(
         .configure(routes::webhooks::configure)
         .configure(routes::reports::configure)
         .configure(openapi::configure)
+        .configure(crate::portal::configure)
         .service(web::resource("/metrics").route(web::get().to(metrics::metrics_handler)))
 }
 

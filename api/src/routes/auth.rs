@@ -32,6 +32,17 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
+/// A password change: the current password, and the new one (12 to 1,024 characters).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"current_password": "correct horse battery staple", "new_password": "a longer and newer passphrase"}))]
+pub struct PasswordChange {
+    #[schema(max_length = 1024)]
+    current_password: String,
+    #[schema(min_length = 12, max_length = 1024)]
+    new_password: String,
+}
+
 fn invalid_credentials() -> actix_web::Error {
     Unauthenticated("the e-mail address or the password is wrong").into()
 }
@@ -235,8 +246,79 @@ pub async fn me(
     Ok(HttpResponse::Ok().json(me))
 }
 
+/// Changes the signed-in user's password. Every sign-in of the user ends, this one included;
+/// the answer is a fresh pair for the caller, so only the caller stays signed in.
+#[utoipa::path(
+    post,
+    path = "/v1/me/password",
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 200, description = "Changed; the caller's new pair (every other sign-in has ended)", body = TokenPair),
+        (status = 400, description = "The body is not valid, or the new password is too short or too long", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "API keys have no password", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The current password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many tries; wait as `Retry-After` says", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn change_password(
+    caller: Caller,
+    body: web::Json<PasswordChange>,
+    auth: web::Data<Authenticator>,
+    limits: web::Data<RateLimits>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let Caller::User { user, .. } = caller else {
+        return Err(ApiError::new(ProblemKind::Forbidden, "API keys have no password").into());
+    };
+    let PasswordChange {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    if let Err(wait) = limits.login_per_email.check(user.email.as_str()) {
+        return Ok(too_many(wait));
+    }
+    password::acceptable(&new_password).map_err(|error| {
+        ApiError::new(ProblemKind::BadRequest, format!("new_password: {error}"))
+    })?;
+    let stored = auth
+        .store
+        .user_by_email(&user.email)
+        .await
+        .map_err(|error| ApiError::internal(&error))?
+        .map(|(_, hash)| hash.as_str().to_owned());
+    if !password::verify(Secret::new(current_password), stored).await {
+        let detail = "current_password: the current password is wrong";
+        return Err(ApiError::new(ProblemKind::Unprocessable, detail).into());
+    }
+    let hash = password::hash(Secret::new(new_password))
+        .await
+        .map_err(|error| {
+            ApiError::new(ProblemKind::BadRequest, format!("new_password: {error}"))
+        })?;
+    let hash = credex_store::PasswordHash::new(hash).map_err(|error| ApiError::internal(&error))?;
+    auth.store
+        .set_password(user.id, &hash)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    auth.store
+        .revoke_user_tokens(user.id, auth.sessions.now())
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    let pair = auth
+        .sessions
+        .start(auth.store.as_ref(), &user)
+        .await
+        .map_err(|error| ApiError::internal(&error))?;
+    Ok(HttpResponse::Ok().json(pair))
+}
+
 pub fn configure(config: &mut web::ServiceConfig) {
     config
+        .service(web::resource("/v1/me/password").route(web::post().to(change_password)))
         .service(web::resource("/v1/auth/login").route(web::post().to(login)))
         .service(web::resource("/v1/auth/refresh").route(web::post().to(refresh)))
         .service(web::resource("/v1/auth/logout").route(web::post().to(logout)))

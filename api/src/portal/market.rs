@@ -1,0 +1,5 @@
+//! The portal's market pages.
+
+use actix_web::web;
+
+pub fn configure(_config: &mut web::ServiceConfig) {}
