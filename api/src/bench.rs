@@ -38,6 +38,7 @@ use crate::config::{Config, Secret};
 pub mod buy;
 pub mod estimate;
 pub mod http;
+pub mod portal;
 pub mod usage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use credex_api::bench::buy::BuyBenchArgs;
 use credex_api::bench::estimate::EstimateBenchArgs;
+use credex_api::bench::portal::PortalBenchArgs;
 use credex_api::bench::usage::UsageBenchArgs;
 use credex_api::bench::BenchArgs;
 use credex_api::config::{redacted, ConfigArgs};
@@ -72,6 +73,8 @@ enum BenchWhat {
     /// Throughput and latency of usage ingestion (POST /v1/orgs/{org_id}/usage) in batches,
     /// by concurrent clients, closed-loop.
     Usage(UsageBenchArgs),
+    /// Server-side latency of every portal page on a database with a year of usage.
+    Portal(PortalBenchArgs),
 }
 
 #[tokio::main]
@@ -142,6 +145,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: BenchWhat::Buy(args),
         } => {
             credex_api::bench::buy::run(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Portal(args),
+        } => {
+            credex_api::bench::portal::run(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -48,6 +48,13 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ),
         ("logout", Who::Authenticated, None),
         ("me", Who::Authenticated, None),
+        (
+            "change_password",
+            Who::Authenticated,
+            Some(
+                json!({"current_password": "not the password", "new_password": "a new long password"}),
+            ),
+        ),
         ("get_org", Who::Member, None),
         ("members", Who::Member, None),
         ("balances", Who::Member, None),

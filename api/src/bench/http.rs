@@ -57,6 +57,17 @@ impl Connection {
         Ok(json)
     }
 
+    /// GETs `path` with a `Cookie` header (the portal's pages).
+    pub async fn get_with_cookie(
+        &mut self,
+        path: &str,
+        cookie: &str,
+    ) -> anyhow::Result<HttpAnswer> {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: {cookie}\r\n\r\n");
+        self.stream.get_mut().write_all(head.as_bytes()).await?;
+        self.answer().await
+    }
+
     pub async fn send(
         &mut self,
         method: &str,
@@ -80,6 +91,10 @@ impl Connection {
         let stream = self.stream.get_mut();
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body).await?;
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> anyhow::Result<HttpAnswer> {
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;
         let status: u16 = line
