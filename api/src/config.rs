@@ -118,6 +118,12 @@ pub struct ConfigArgs {
     /// false]; for tests and single-host setups.
     #[arg(long, env = "CREDEX_WEBHOOKS_ALLOW_PRIVATE")]
     pub webhooks_allow_private: Option<bool>,
+
+    /// Fill an empty database with a demo provider (orgs, users, two cycles of usage, market
+    /// activity, budgets) through the API and print how to sign in; on a database that holds
+    /// orgs already, only print the sign-in hint.
+    #[arg(long, env = "CREDEX_DEMO")]
+    pub demo: bool,
 }
 
 /// The keys a configuration file may hold; any other key is an error, not a silent no-op.
@@ -191,6 +197,8 @@ pub struct Config {
     pub outbox_dir: PathBuf,
     /// Whether alert webhooks may target loopback and private addresses.
     pub webhooks_allow_private: bool,
+    /// Whether `serve` fills an empty database with demo data (see [`crate::demo`]).
+    pub demo: bool,
 }
 
 /// The default sender of alert e-mails.
@@ -294,6 +302,7 @@ impl Config {
                 .webhooks_allow_private
                 .or(file.webhooks_allow_private)
                 .unwrap_or(false),
+            demo: args.demo,
         })
     }
 
@@ -315,6 +324,7 @@ impl Config {
             smtp: None,
             mail_from: DEFAULT_SMTP_FROM.to_owned(),
             webhooks_allow_private: false,
+            demo: false,
         }
     }
 

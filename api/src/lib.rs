@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod config;
 pub mod cycles;
 pub mod delivery;
+pub mod demo;
 pub mod idempotency;
 pub mod input;
 pub mod jobs;

@@ -245,6 +245,13 @@ impl Application {
     }
 
     pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let demo_config;
+        let config = if config.demo {
+            demo_config = crate::demo::with_demo_admin(config);
+            &demo_config
+        } else {
+            config
+        };
         let Assembled {
             parts,
             store,
@@ -257,6 +264,10 @@ impl Application {
         let listener = TcpListener::bind(&config.bind)
             .with_context(|| format!("listen on {}", config.bind))?;
         let port = listener.local_addr()?.port();
+        if config.demo {
+            let url = crate::demo::portal_url(&config.bind, port);
+            crate::demo::run(&parts, config, &url).await?;
+        }
         let server = HttpServer::new(move || app(parts.clone()))
             .shutdown_timeout(30)
             .listen(listener)?

@@ -78,7 +78,7 @@ pub fn bars(title: &str, data: &[Datum], unit: &dyn Fn(i128) -> String) -> Marku
                     title { (d.label) ": " (unit(d.value)) }
                 }
                 @if i % every == 0 {
-                    text x=(x + bar / 2) y=(HEIGHT - BOTTOM + 16) text-anchor="middle" { (short(&d.label)) }
+                    text x=(x + bar / 2) y=(HEIGHT - BOTTOM + 16) text-anchor="middle" { (short(&d.label, slot * every)) }
                 }
             }
         }
@@ -124,7 +124,8 @@ pub fn line(
             polyline points=(path.join(" ")) fill="none" stroke="#2457c5" stroke-width="2" {}
             @for (x, label) in x_labels {
                 @let (px, _) = at((*x, 0));
-                text x=(px) y=(HEIGHT - BOTTOM + 16) text-anchor="middle" { (label) }
+                @let anchor = if *x <= 0 { "start" } else if *x >= x_max { "end" } else { "middle" };
+                text x=(px) y=(HEIGHT - BOTTOM + 16) text-anchor=(anchor) { (label) }
             }
             @if let Some((x, y)) = marked {
                 circle cx=(x) cy=(y) r="5" fill="#b3261e" {}
@@ -134,9 +135,11 @@ pub fn line(
     }
 }
 
-fn short(label: &str) -> String {
+/// The label cut to what fits in `width` units (about 7 per character at the chart's size).
+fn short(label: &str, width: i64) -> String {
+    let fits = usize::try_from((width / 7).clamp(3, 14)).unwrap_or(3);
     let mut chars = label.chars();
-    let short: String = chars.by_ref().take(12).collect();
+    let short: String = chars.by_ref().take(fits.saturating_sub(1)).collect();
     if chars.next().is_some() {
         format!("{short}…")
     } else {

@@ -40,32 +40,6 @@ pub fn configure(config: &mut web::ServiceConfig) {
         );
 }
 
-/// µCR from a CR amount typed in a form (`2.5`, `1,000`, at most six decimals); exact.
-pub fn parse_cr(text: &str) -> Option<u64> {
-    let cleaned: String = text
-        .trim()
-        .chars()
-        .filter(|c| *c != ',' && *c != '_')
-        .collect();
-    let (whole, frac) = cleaned.split_once('.').unwrap_or((&cleaned, ""));
-    if whole.is_empty() && frac.is_empty() {
-        return None;
-    }
-    if !whole.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    if frac.len() > 6 {
-        return None;
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let frac_micro: u64 = format!("{frac:0<6}").parse().ok()?;
-    whole.checked_mul(1_000_000)?.checked_add(frac_micro)
-}
-
 /// A whole number typed in a form (thousands separators allowed).
 fn parse_count(text: &str) -> Option<u64> {
     let cleaned: String = text
@@ -451,11 +425,16 @@ async fn market_page(
 }
 
 /// A form's problem, drawn again on the market page.
+/// The page a form was sent from.
+struct Here<'a> {
+    req: &'a HttpRequest,
+    session: &'a Session,
+    org: &'a OrgPage,
+    asset: &'a str,
+}
+
 async fn again(
-    req: &HttpRequest,
-    session: &Session,
-    org: &OrgPage,
-    asset: &str,
+    here: &Here<'_>,
     fields: Fields,
     problem: super::api::Problem,
     which: &str,
@@ -472,7 +451,7 @@ async fn again(
         "buy" => forms.buy = errors,
         _ => forms.sell = errors,
     }
-    market_page(req, session, org, asset, status, &forms).await
+    market_page(here.req, here.session, here.org, here.asset, status, &forms).await
 }
 
 fn invalid(detail: &str) -> super::api::Problem {
@@ -495,21 +474,21 @@ async fn list(
     let session = Session::of(&req).await?;
     let (org_id, asset) = path.into_inner();
     let org = OrgPage::of(&session, &org_id);
+    let here = Here {
+        req: &req,
+        session: &session,
+        org: &org,
+        asset: &asset,
+    };
     let names = ["list_quantity", "ask", "min_fill"];
     let Some(quantity) = parse_count(text(&fields, "list_quantity")) else {
         let problem = invalid("list_quantity: a whole number of tokens, such as 250000");
-        return Ok(again(
-            &req, &session, &org, &asset, fields, problem, "list", &names,
-        )
-        .await);
+        return Ok(again(&here, fields, problem, "list", &names).await);
     };
-    let Some(ask) = parse_cr(text(&fields, "ask")) else {
+    let Ok(ask) = super::parse_cr(text(&fields, "ask")) else {
         let problem =
             invalid("ask: an amount of CR per 1M tokens, such as 2.5 (at most six decimals)");
-        return Ok(again(
-            &req, &session, &org, &asset, fields, problem, "list", &names,
-        )
-        .await);
+        return Ok(again(&here, fields, problem, "list", &names).await);
     };
     let min_fill = match text(&fields, "min_fill") {
         "" => None,
@@ -517,10 +496,7 @@ async fn list(
             Some(n) => Some(n),
             None => {
                 let problem = invalid("min_fill: a whole number of tokens, or nothing");
-                return Ok(again(
-                    &req, &session, &org, &asset, fields, problem, "list", &names,
-                )
-                .await);
+                return Ok(again(&here, fields, problem, "list", &names).await);
             }
         },
     };
@@ -542,17 +518,9 @@ async fn list(
                     ("ask_per_1m_micro_cr", "ask"),
                 ],
             );
-            again(
-                &req, &session, &org, &asset, fields, problem, "list", &names,
-            )
-            .await
+            again(&here, fields, problem, "list", &names).await
         }
-        Err(problem) => {
-            again(
-                &req, &session, &org, &asset, fields, problem, "list", &names,
-            )
-            .await
-        }
+        Err(problem) => again(&here, fields, problem, "list", &names).await,
     })
 }
 
@@ -586,10 +554,16 @@ async fn preview(
     let session = Session::of(&req).await?;
     let (org_id, asset) = path.into_inner();
     let org = OrgPage::of(&session, &org_id);
+    let here = Here {
+        req: &req,
+        session: &session,
+        org: &org,
+        asset: &asset,
+    };
     let names = ["buy_quantity"];
     let Some(quantity) = parse_count(text(&fields, "buy_quantity")).filter(|q| *q > 0) else {
         let problem = invalid("buy_quantity: a whole number of tokens, such as 100000");
-        return Ok(again(&req, &session, &org, &asset, fields, problem, "buy", &names).await);
+        return Ok(again(&here, fields, problem, "buy", &names).await);
     };
     let allow_provider = text(&fields, "allow_provider_fill") == "true";
     let asset_path = super::session::url_encode(&asset);
@@ -603,7 +577,7 @@ async fn preview(
         Ok(quote) => quote,
         Err(problem) => {
             let problem = renamed(problem, &[("quantity", "buy_quantity")]);
-            return Ok(again(&req, &session, &org, &asset, fields, problem, "buy", &names).await);
+            return Ok(again(&here, fields, problem, "buy", &names).await);
         }
     };
     let available = int_at(&quote, "/available");
@@ -679,13 +653,19 @@ async fn buy(
     let session = Session::of(&req).await?;
     let (org_id, asset) = path.into_inner();
     let org = OrgPage::of(&session, &org_id);
+    let here = Here {
+        req: &req,
+        session: &session,
+        org: &org,
+        asset: &asset,
+    };
     let names = ["buy_quantity"];
     let (Some(quantity), Some(max_total)) = (
         parse_count(text(&fields, "buy_quantity")),
         parse_count(text(&fields, "max_total")),
     ) else {
         let problem = invalid("buy_quantity: preview the purchase again");
-        return Ok(again(&req, &session, &org, &asset, fields, problem, "buy", &names).await);
+        return Ok(again(&here, fields, problem, "buy", &names).await);
     };
     let body = json!({
         "asset": asset,
@@ -701,7 +681,7 @@ async fn buy(
         Ok(order) => order,
         Err(problem) => {
             let problem = renamed(problem, &[("quantity", "buy_quantity")]);
-            return Ok(again(&req, &session, &org, &asset, fields, problem, "buy", &names).await);
+            return Ok(again(&here, fields, problem, "buy", &names).await);
         }
     };
     let asset_path = super::session::url_encode(&asset);
@@ -740,13 +720,16 @@ async fn sell(
     let session = Session::of(&req).await?;
     let (org_id, asset) = path.into_inner();
     let org = OrgPage::of(&session, &org_id);
+    let here = Here {
+        req: &req,
+        session: &session,
+        org: &org,
+        asset: &asset,
+    };
     let names = ["quantity"];
     let Some(quantity) = parse_count(text(&fields, "quantity")) else {
         let problem = invalid("quantity: a whole number of tokens, such as 100000");
-        return Ok(again(
-            &req, &session, &org, &asset, fields, problem, "sell", &names,
-        )
-        .await);
+        return Ok(again(&here, fields, problem, "sell", &names).await);
     };
     let body = json!({ "asset": asset, "quantity": quantity });
     let key = text(&fields, "idempotency_key").to_owned();
@@ -758,25 +741,8 @@ async fn sell(
             "{}?done=sold",
             org.path(&format!("/market/{}", super::session::url_encode(&asset)))
         )),
-        Ok(answer) => {
-            again(
-                &req,
-                &session,
-                &org,
-                &asset,
-                fields,
-                answer.problem(),
-                "sell",
-                &names,
-            )
-            .await
-        }
-        Err(problem) => {
-            again(
-                &req, &session, &org, &asset, fields, problem, "sell", &names,
-            )
-            .await
-        }
+        Ok(answer) => again(&here, fields, answer.problem(), "sell", &names).await,
+        Err(problem) => again(&here, fields, problem, "sell", &names).await,
     })
 }
 
@@ -862,17 +828,19 @@ async fn amend(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cr;
+    use crate::portal::parse_cr;
 
     #[test]
     fn cr_amounts_are_read_exactly() {
-        assert_eq!(parse_cr("2.5"), Some(2_500_000));
-        assert_eq!(parse_cr("1,000"), Some(1_000_000_000));
-        assert_eq!(parse_cr("0.000001"), Some(1));
-        assert_eq!(parse_cr(".5"), Some(500_000));
-        assert_eq!(parse_cr("0.0000001"), None);
-        assert_eq!(parse_cr("-1"), None);
-        assert_eq!(parse_cr("1e3"), None);
-        assert_eq!(parse_cr(""), None);
+        assert_eq!(parse_cr("2.5"), Ok(2_500_000));
+        assert_eq!(parse_cr("1,000"), Ok(1_000_000_000));
+        assert_eq!(parse_cr("0.000001"), Ok(1));
+        assert_eq!(parse_cr(".5"), Ok(500_000));
+        assert_eq!(parse_cr("3 CR"), Ok(3_000_000));
+        assert!(parse_cr("0.0000001").is_err());
+        assert!(parse_cr("-1").is_err());
+        assert!(parse_cr("1e3").is_err());
+        assert!(parse_cr("").is_err());
+        assert!(parse_cr("99999999999999999999").is_err());
     }
 }

@@ -207,7 +207,7 @@ pub fn layout(
                     @if let Some(org) = org {
                         p.muted { (org.name) @if !org.role.is_empty() { " · " (org.role) } }
                     }
-                    (body)
+                    (PreEscaped(body.0))
                 }
             }
         }
@@ -361,7 +361,9 @@ pub fn problem_page(
     )
 }
 
-/// The form's CSRF check: `Err` with a 403 page when it fails.
+/// The form's CSRF check: `Err` with a 403 page when it fails. (The refusal is the answer
+/// itself, returned at once by every form handler; boxing it would buy nothing.)
+#[allow(clippy::result_large_err)]
 pub fn check_form(req: &HttpRequest, fields: &Fields) -> Result<(), HttpResponse> {
     if session::form_is_genuine(req, fields.get(CSRF_FIELD).map(String::as_str)) {
         Ok(())
@@ -439,6 +441,60 @@ pub fn int_at(value: &serde_json::Value, pointer: &str) -> i128 {
 }
 
 pub use session::str_at;
+
+/// The array at a JSON pointer (empty when absent).
+pub fn items_at<'a>(value: &'a serde_json::Value, pointer: &str) -> &'a [serde_json::Value] {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The boolean at a JSON pointer (false when absent).
+pub fn bool_at(value: &serde_json::Value, pointer: &str) -> bool {
+    value.pointer(pointer).and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+/// A form's banner: its problem, when no field of the form carries it.
+pub fn form_banner(errors: &FormErrors) -> Markup {
+    html! {
+        @if errors.field.is_none() { (problem_banner(errors.banner.as_ref())) }
+    }
+}
+
+/// A CR amount written by a person (`12.5`, `1,000`, `0.000001`, `3 CR`) in µCR, exactly; or
+/// what is wrong with it.
+pub fn parse_cr(input: &str) -> Result<u64, &'static str> {
+    let cleaned: String = input
+        .trim()
+        .trim_end_matches("CR")
+        .trim()
+        .chars()
+        .filter(|c| *c != ',' && *c != '_' && *c != ' ')
+        .collect();
+    if cleaned.is_empty() {
+        return Err("enter an amount of CR, such as 12.5");
+    }
+    let (whole, frac) = cleaned.split_once('.').unwrap_or((cleaned.as_str(), ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if !digits(whole) || !digits(frac) || (whole.is_empty() && frac.is_empty()) {
+        return Err("write the amount with digits and at most one decimal point, such as 12.5");
+    }
+    if frac.len() > 6 {
+        return Err("at most six decimals (1 µCR is 0.000001 CR)");
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| "that amount is too large")?
+    };
+    let frac: u64 = format!("{frac:0<6}").parse().map_err(|_| "not an amount")?;
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(frac))
+        .filter(|micro| i64::try_from(*micro).is_ok())
+        .ok_or("that amount is too large")
+}
 
 /// The first 16 characters of an RFC 3339 instant, readable: `2026-11-27 06:12`.
 pub fn when(rfc3339: &str) -> String {
