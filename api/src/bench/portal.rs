@@ -3,7 +3,7 @@
 //! Per backend, on a fresh database: one org on the teams plan, a year of usage by 100 users
 //! (`--events-per-user-day` calls per user per day over the last 365 days, five models, tasks
 //! and conversations; recorded through [`crate::usage::Usage::record`], so charged like any
-//! other usage), a budget, the current cycle's market. Then the server starts, the benchmark's
+//! other usage), a model class with its plan allotment, the current cycle opened and its market. Then the server starts, the benchmark's
 //! admin signs in (admins see every org's pages), and every portal page is fetched
 //! `--requests` times, one request at a time over one keep-alive connection after a few
 //! uncounted ones; each page's p50, p99 and max are reported. Every answer must be `200 OK`.
@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use credex_ledger::{OrgId, Timestamp};
+use credex_ledger::{AssetCode, OrgId, Timestamp};
 use credex_pricing::TokenUsage;
-use credex_store::SystemClock;
+use credex_store::{Allotment, AuditAction, AuditEntry, ClassRecord, Plan, SystemClock};
 use uuid::Uuid;
 
 use super::http::Connection;
 use super::{millis, ADMIN_EMAIL, ADMIN_PASSWORD};
+use crate::cycles::{open_cycle, CycleId};
 use crate::startup::{assemble, Assembled};
 use crate::usage::UsageEvent;
 use crate::{Application, Config};
@@ -84,16 +85,50 @@ impl Draw {
     }
 }
 
-async fn set_up(config: &Config, args: &PortalBenchArgs) -> anyhow::Result<(OrgId, u64)> {
+/// What the pages are measured on.
+struct Prepared {
+    org: OrgId,
+    events: u64,
+    /// The current cycle's market of the `std` class.
+    asset: AssetCode,
+}
+
+fn audit(now: Timestamp, action: &str) -> anyhow::Result<AuditEntry> {
+    let action = AuditAction::parse(action).map_err(|error| anyhow::anyhow!("{error}"))?;
+    AuditEntry::new(now, action, "bench portal", serde_json::json!({}))
+        .map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+async fn set_up(config: &Config, args: &PortalBenchArgs) -> anyhow::Result<Prepared> {
     let Assembled {
         parts,
         store,
         ledger,
+        market,
         ..
     } = assemble(config, Arc::new(SystemClock)).await?;
     let set_up = async {
         let now = store.clock().now();
+        let class = ClassRecord {
+            class: "std".to_owned(),
+            face_value_per_1m_micro_cr: 500_000,
+            description: "small models".to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        store.put_class(&class, &audit(now, "classes.put")?).await?;
+        let allotment = Allotment {
+            plan: Plan::Teams,
+            tokens_per_cycle: 50_000_000,
+        };
+        store
+            .put_allotment("std", allotment, now, &audit(now, "allotments.put")?)
+            .await?;
         let org = super::create_orgs(store.as_ref(), "Bench Portal", 1, None, now).await?[0];
+        let cycle = CycleId::of(now);
+        open_cycle(&ledger, cycle, now).await?;
+        let asset = cycle.asset("std")?;
+        market.ensure_market(&asset).await?;
         super::fund(
             &ledger,
             &[org],
@@ -135,7 +170,11 @@ async fn set_up(config: &Config, args: &PortalBenchArgs) -> anyhow::Result<(OrgI
             }
         }
         recorded += flush(&parts, org, &mut batch).await?;
-        anyhow::Ok((org, recorded))
+        anyhow::Ok(Prepared {
+            org,
+            events: recorded,
+            asset,
+        })
     }
     .await;
     ledger.close().await;
@@ -168,7 +207,7 @@ async fn measure_backend(
     args: &PortalBenchArgs,
 ) -> anyhow::Result<Vec<PageMeasurement>> {
     let started = Instant::now();
-    let (org, events) = set_up(&config, args)
+    let Prepared { org, events, asset } = set_up(&config, args)
         .await
         .context("set up a year of usage")?;
     eprintln!(
@@ -183,7 +222,7 @@ async fn measure_backend(
     let port = app.port();
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
-    let measured = measure_pages(backend, port, org, args, events).await;
+    let measured = measure_pages(backend, port, (org, &asset), args, events).await;
     handle.stop(true).await;
     server.await??;
     measured
@@ -192,7 +231,7 @@ async fn measure_backend(
 async fn measure_pages(
     backend: &'static str,
     port: u16,
-    org: OrgId,
+    (org, asset): (OrgId, &AssetCode),
     args: &PortalBenchArgs,
     events: u64,
 ) -> anyhow::Result<Vec<PageMeasurement>> {
@@ -224,6 +263,7 @@ async fn measure_pages(
         format!("{o}/usage?days=90"),
         format!("{o}/budgets"),
         format!("{o}/market"),
+        format!("{o}/market/{asset}"),
         format!("{o}/keys"),
         format!("{o}/webhooks"),
         format!("{o}/estimate"),
@@ -233,6 +273,7 @@ async fn measure_pages(
         format!("/portal/admin/orgs/{org}"),
         "/portal/admin/flags".to_owned(),
         "/portal/admin/markets".to_owned(),
+        format!("/portal/admin/markets/{asset}"),
         "/portal/admin/models".to_owned(),
         "/portal/admin/cycles".to_owned(),
         "/portal/admin/audit".to_owned(),
