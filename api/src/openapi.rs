@@ -46,6 +46,7 @@ use crate::routes;
         routes::ledger::transfer,
         routes::ledger::transfers,
         routes::ledger::books_check,
+        routes::ledger::provider_balances,
         routes::models::list_models,
         routes::models::get_model,
         routes::models::model_prices,

@@ -99,6 +99,7 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ),
         ("transfer", Who::Admin, None),
         ("books_check", Who::Admin, None),
+        ("provider_balances", Who::Admin, None),
         ("list_models", Who::Authenticated, None),
         ("get_model", Who::Authenticated, None),
         ("model_prices", Who::Authenticated, None),

@@ -693,7 +693,160 @@ async fn a_group_is_all_or_nothing(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// Totals over whole UTC days come from the daily rollups, the partial days at a range's ends
+/// from the calls: whatever the range, the grouping and the purge, they equal the totals
+/// computed from the recorded calls one by one (the rollups are written with the calls, in
+/// their transaction; a replay adds nothing).
+async fn rollups_agree_with_the_calls(db: &TestDb) {
+    use credex_store::{UsageFilter, UsageGroup, UsageRecord, UsageTotal};
+    use std::collections::BTreeMap;
+
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    top_up(&w.ledger, org, 1_000_000_000).await;
+    let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    let models = ["gpt-6-sol", "gpt-4o", "gpt-4o-mini"];
+    let nov_1 = Timestamp::from_micros(1_793_491_200_000_000);
+    // 6 days of calls from 1 November, 7 hours apart, in batches (one replayed).
+    let mut batch = Vec::new();
+    let mut seed: u64 = 7;
+    for i in 0..20i64 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let pick = usize::try_from(seed >> 60).unwrap_or(0);
+        let mut call = event(
+            1_000 + u64::try_from(i).unwrap_or(0),
+            300,
+            nov_1.plus_micros(i * 7 * 3_600_000_000),
+        );
+        call.model = models[pick % 3].to_owned();
+        call.user = (pick % 4 != 3).then(|| users[pick % 3]);
+        call.task = (pick % 2 == 0).then(|| format!("task-{}", pick % 3));
+        batch.push(call);
+    }
+    w.record(org, batch[..10].to_vec()).await.expect("recorded");
+    w.record(org, batch[..10].to_vec()).await.expect("replayed");
+    w.record(org, batch[10..].to_vec()).await.expect("recorded");
+    let store = w.store().clone();
+    let calls: Vec<UsageRecord> = store
+        .usage_events(
+            org,
+            Timestamp::EPOCH,
+            Timestamp::from_micros(i64::MAX),
+            None,
+            1_000,
+        )
+        .await
+        .expect("calls");
+    assert_eq!(calls.len(), 20, "the replay recorded nothing more");
+    let expected = |group: UsageGroup, from: i64, to: i64| -> Vec<UsageTotal> {
+        let mut totals: BTreeMap<Option<String>, UsageTotal> = BTreeMap::new();
+        for call in calls
+            .iter()
+            .filter(|c| (from..to).contains(&c.occurred_at.as_micros()))
+        {
+            let key = match group {
+                UsageGroup::Model => Some(call.model.clone()),
+                UsageGroup::User => call.user.map(|u| u.to_string()),
+                UsageGroup::Task => call.task.clone(),
+                UsageGroup::Day => Some(credex_store::day_key(credex_store::day_start(
+                    call.occurred_at.as_micros(),
+                ))),
+                UsageGroup::All => Some("all".to_owned()),
+                _ => unreachable!("not compared"),
+            };
+            let total = totals.entry(key.clone()).or_default();
+            total.key = key;
+            total.events += 1;
+            total.input_tokens += call.input_tokens;
+            total.output_tokens += call.output_tokens;
+            total.cost_micro_cr += call.cost_micro_cr;
+            total.from_acquired += call.from_acquired;
+            total.from_alloc += call.from_alloc;
+            total.from_wallet_micro_cr += call.from_wallet_micro_cr;
+        }
+        let mut totals: Vec<UsageTotal> = totals.into_values().collect();
+        totals.sort_by(|a, b| {
+            b.cost_micro_cr
+                .cmp(&a.cost_micro_cr)
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        totals
+    };
+    let hour = 3_600_000_000;
+    let start = nov_1.as_micros();
+    let ranges = [
+        (start, start + 6 * DAY),                       // whole days only
+        (start + 5 * hour, start + 4 * DAY + 3 * hour), // partial days at both ends
+        (start + 2 * DAY, start + 3 * DAY),             // one whole day
+        (start + hour, start + 20 * hour),              // less than a day
+        (i64::MIN, i64::MAX),                           // everything
+    ];
+    let groups = [
+        UsageGroup::Model,
+        UsageGroup::User,
+        UsageGroup::Task,
+        UsageGroup::Day,
+        UsageGroup::All,
+    ];
+    let check = |label: &'static str| {
+        let store = store.clone();
+        let expected = &expected;
+        async move {
+            for (from, to) in ranges {
+                for group in groups {
+                    let filter = UsageFilter {
+                        from: (from != i64::MIN).then(|| Timestamp::from_micros(from)),
+                        to: (to != i64::MAX).then(|| Timestamp::from_micros(to)),
+                        ..UsageFilter::default()
+                    };
+                    let got = store
+                        .usage_totals(org, &filter, group, 100)
+                        .await
+                        .expect("totals");
+                    assert_eq!(
+                        got,
+                        expected(group, from, to),
+                        "{label}: {group:?} over {from}..{to}"
+                    );
+                }
+            }
+        }
+    };
+    check("recorded").await;
+    // Purged (Free keeps 7 days): whole days go from the calls and the rollups together.
+    store.set_org_plan(org, Plan::Free).await.expect("plan");
+    w.clock.set(nov_1.plus_micros(10 * DAY + 5 * hour));
+    credex_api::usage::purge_history(store.as_ref())
+        .await
+        .expect("purged");
+    let calls_left = store
+        .usage_events(
+            org,
+            Timestamp::EPOCH,
+            Timestamp::from_micros(i64::MAX),
+            None,
+            1_000,
+        )
+        .await
+        .expect("calls");
+    assert!(
+        calls_left.len() < 20 && !calls_left.is_empty(),
+        "{} calls left",
+        calls_left.len()
+    );
+    let totals = store
+        .usage_totals(org, &UsageFilter::default(), UsageGroup::All, 1)
+        .await
+        .expect("totals");
+    assert_eq!(
+        totals[0].events,
+        u64::try_from(calls_left.len()).expect("a count")
+    );
+    w.ledger.close().await;
+}
+
 on_both_backends!(
+    rollups_agree_with_the_calls,
     a_group_is_all_or_nothing,
     overdraft_pays_what_the_wallet_lacks,
     small_requests_commit_in_groups,

@@ -79,11 +79,11 @@ pub use statements::{
     STATEMENT_ACCOUNTS_MAX,
 };
 pub use usage::{
-    BudgetAlertRecord, BudgetRecord, NewReservation, Overdraft, RepaymentOutcome,
-    ReservationRecord, ReservationResolution, ReservationState, UsageDecision, UsageFilter,
-    UsageGroup, UsageGroupDecision, UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord,
-    UsageStep, UsageStore, UsageTotal, UsageTxOutcome, UsageView, UsageWrite, USAGE_BATCH_MAX,
-    USAGE_GROUP_MAX, USAGE_PAGE_MAX,
+    day_key, day_start, BudgetAlertRecord, BudgetRecord, NewReservation, Overdraft,
+    RepaymentOutcome, ReservationRecord, ReservationResolution, ReservationState, UsageDecision,
+    UsageFilter, UsageGroup, UsageGroupDecision, UsageGroupOutcome, UsageItemOutcome, UsageReads,
+    UsageRecord, UsageStep, UsageStore, UsageTotal, UsageTxOutcome, UsageView, UsageWrite,
+    DAY_MICROS, USAGE_BATCH_MAX, USAGE_GROUP_MAX, USAGE_PAGE_MAX,
 };
 
 /// How many stripes a hot (provider) account's balance is split into.

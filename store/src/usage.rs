@@ -497,6 +497,125 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
+/// A day in µs since the epoch: the UTC day's start.
+pub const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The start of the UTC day of `at` (µs).
+pub fn day_start(at: i64) -> i64 {
+    at.div_euclid(DAY_MICROS) * DAY_MICROS
+}
+
+/// A UTC day start as `YYYY-MM-DD`, the key of the day groups.
+pub fn day_key(day: i64) -> String {
+    let nanos = i128::from(day) * 1_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(|at| {
+            let date = at.date();
+            format!(
+                "{:04}-{:02}-{:02}",
+                date.year(),
+                u8::from(date.month()),
+                date.day()
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The sums of one rollup row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RollupSums {
+    pub(crate) events: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) cached_input_tokens: u64,
+    pub(crate) cache_write_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) cost_micro_cr: u64,
+    pub(crate) from_acquired: u64,
+    pub(crate) from_alloc: u64,
+    pub(crate) from_wallet_micro_cr: u64,
+}
+
+/// The rollup rows `records` add to, keyed by (org, dimension, day, key), in key order (the
+/// order they are written in, so concurrent writers meet rows in the same order).
+pub(crate) fn rollup_deltas(
+    records: &[UsageRecord],
+) -> std::collections::BTreeMap<(Uuid, &'static str, i64, String), RollupSums> {
+    let mut rows = std::collections::BTreeMap::new();
+    for record in records {
+        let day = day_start(record.occurred_at.as_micros());
+        let uuid_text =
+            |id: Option<Uuid>| id.map(|id| id.hyphenated().to_string()).unwrap_or_default();
+        let keys: [(&'static str, String); 6] = [
+            ("day", String::new()),
+            ("model", record.model.clone()),
+            ("class", record.class.clone()),
+            ("user", uuid_text(record.user)),
+            ("api_key", uuid_text(record.api_key)),
+            ("task", record.task.clone().unwrap_or_default()),
+        ];
+        for (dimension, key) in keys {
+            let sums: &mut RollupSums = rows
+                .entry((record.org.as_uuid(), dimension, day, key))
+                .or_default();
+            sums.events += 1;
+            sums.input_tokens += record.input_tokens;
+            sums.cached_input_tokens += record.cached_input_tokens;
+            sums.cache_write_tokens += record.cache_write_tokens;
+            sums.output_tokens += record.output_tokens;
+            sums.cost_micro_cr += record.cost_micro_cr;
+            sums.from_acquired += record.from_acquired;
+            sums.from_alloc += record.from_alloc;
+            sums.from_wallet_micro_cr += record.from_wallet_micro_cr;
+        }
+    }
+    rows
+}
+
+/// Which rollup dimension answers a grouping, when the filter allows rollups at all (only a
+/// range: any other filter, or grouping by conversation, needs the calls themselves).
+pub(crate) fn rollup_dimension(group: UsageGroup, filter: &UsageFilter) -> Option<&'static str> {
+    let only_range = filter.model.is_none()
+        && filter.class.is_none()
+        && filter.user.is_none()
+        && filter.api_key.is_none()
+        && filter.task.is_none()
+        && filter.conversation.is_none();
+    if !only_range {
+        return None;
+    }
+    match group {
+        UsageGroup::Model => Some("model"),
+        UsageGroup::Class => Some("class"),
+        UsageGroup::User => Some("user"),
+        UsageGroup::ApiKey => Some("api_key"),
+        UsageGroup::Task => Some("task"),
+        UsageGroup::Day | UsageGroup::All => Some("day"),
+        UsageGroup::Conversation => None,
+    }
+}
+
+/// Adds `other`'s counts to `total`.
+pub(crate) fn add_total(total: &mut UsageTotal, other: &UsageTotal) {
+    total.events += other.events;
+    total.input_tokens += other.input_tokens;
+    total.cached_input_tokens += other.cached_input_tokens;
+    total.cache_write_tokens += other.cache_write_tokens;
+    total.output_tokens += other.output_tokens;
+    total.cost_micro_cr += other.cost_micro_cr;
+    total.from_acquired += other.from_acquired;
+    total.from_alloc += other.from_alloc;
+    total.from_wallet_micro_cr += other.from_wallet_micro_cr;
+}
+
+/// Totals in the order the API answers them: costliest first, then by key (none first).
+pub(crate) fn sort_totals(totals: &mut [UsageTotal]) {
+    totals.sort_by(|a, b| {
+        b.cost_micro_cr
+            .cmp(&a.cost_micro_cr)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+}
+
 /// Expands the shared implementation of [`UsageStore`] for `$store`, with the backend's
 /// dialect module `$dialect`.
 macro_rules! shared_usage {
@@ -673,8 +792,67 @@ macro_rules! shared_usage {
                     });
                     query.build().execute(&mut *conn).await?;
                 }
+                write_rollups(conn, records).await
+            }
+
+            /// Adds `records` to the daily rollups (in key order), in the calls' transaction.
+            async fn write_rollups(
+                conn: &mut Connection,
+                records: &[UsageRecord],
+            ) -> Result<(), StoreError> {
+                let rows: Vec<_> = crate::usage::rollup_deltas(records).into_iter().collect();
+                for chunk in rows.chunks(ROLLUP_ROWS_MAX) {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO usage_rollups (org_id, dimension, day, key, events, \
+                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, \
+                         cost_micro_cr, from_acquired, from_alloc, from_wallet_micro_cr) ",
+                    );
+                    let mut values = Vec::with_capacity(chunk.len());
+                    for ((org, dimension, day, key), sums) in chunk {
+                        let counts = [
+                            signed(sums.events)?,
+                            signed(sums.input_tokens)?,
+                            signed(sums.cached_input_tokens)?,
+                            signed(sums.cache_write_tokens)?,
+                            signed(sums.output_tokens)?,
+                            signed(sums.cost_micro_cr)?,
+                            signed(sums.from_acquired)?,
+                            signed(sums.from_alloc)?,
+                            signed(sums.from_wallet_micro_cr)?,
+                        ];
+                        values.push((*org, *dimension, *day, key.clone(), counts));
+                    }
+                    query.push_values(values, |mut row, (org, dimension, day, key, counts)| {
+                        row.push_bind(org)
+                            .push_bind(dimension)
+                            .push_bind(day)
+                            .push_bind(key);
+                        for count in counts {
+                            row.push_bind(count);
+                        }
+                    });
+                    query.push(
+                        " ON CONFLICT (org_id, dimension, day, key) DO UPDATE SET \
+                         events = usage_rollups.events + excluded.events, \
+                         input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+                         cached_input_tokens = usage_rollups.cached_input_tokens \
+                             + excluded.cached_input_tokens, \
+                         cache_write_tokens = usage_rollups.cache_write_tokens \
+                             + excluded.cache_write_tokens, \
+                         output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                         cost_micro_cr = usage_rollups.cost_micro_cr + excluded.cost_micro_cr, \
+                         from_acquired = usage_rollups.from_acquired + excluded.from_acquired, \
+                         from_alloc = usage_rollups.from_alloc + excluded.from_alloc, \
+                         from_wallet_micro_cr = usage_rollups.from_wallet_micro_cr \
+                             + excluded.from_wallet_micro_cr",
+                    );
+                    query.build().execute(&mut *conn).await?;
+                }
                 Ok(())
             }
+
+            /// Rollup rows per statement (13 binds each, within SQLite's 32,766).
+            const ROLLUP_ROWS_MAX: usize = 1_000;
 
 
             const RESERVATION_COLUMNS: &str = "org_id, id, model, class, asset, input_tokens, \
@@ -1192,6 +1370,150 @@ macro_rules! shared_usage {
                 }
             }
 
+            impl $store {
+                /// Totals read from the calls themselves (any filter, any grouping), at most
+                /// `limit` groups.
+                async fn usage_totals_of_calls(
+                    &self,
+                    org: OrgId,
+                    filter: &UsageFilter,
+                    group: UsageGroup,
+                    limit: i64,
+                ) -> Result<Vec<UsageTotal>, StoreError> {
+                    // The grouping column is one of these fixed expressions, never the caller's
+                    // text; the day is the UTC day of the call (micros since the epoch).
+                    let key = match group {
+                        UsageGroup::Model => "model",
+                        UsageGroup::Class => "class",
+                        UsageGroup::User => dialect::UUID_TEXT_USER,
+                        UsageGroup::ApiKey => dialect::UUID_TEXT_API_KEY,
+                        UsageGroup::Task => "task",
+                        UsageGroup::Conversation => "conversation",
+                        UsageGroup::Day => dialect::UTC_DAY_OF_OCCURRED_AT,
+                        UsageGroup::All => "'all'",
+                    };
+                    let sum = |column: &str| {
+                        format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT) AS {column}")
+                    };
+                    let sql = format!(
+                        "SELECT {key} AS group_key, COUNT(*) AS events, {}, {}, {}, {}, {}, {}, \
+                         {}, {} FROM usage_events WHERE org_id = $1 \
+                         AND occurred_at >= $2 AND occurred_at < $3 \
+                         AND ($4 IS NULL OR model = $4) AND ($5 IS NULL OR class = $5) \
+                         AND ($6 IS NULL OR user_id = $6) AND ($7 IS NULL OR api_key_id = $7) \
+                         AND ($8 IS NULL OR task = $8) AND ($9 IS NULL OR conversation = $9) \
+                         GROUP BY group_key \
+                         ORDER BY cost_micro_cr DESC, MIN(CASE WHEN {key} IS NULL THEN 0 ELSE 1 END), \
+                         group_key LIMIT $10",
+                        sum("input_tokens"),
+                        sum("cached_input_tokens"),
+                        sum("cache_write_tokens"),
+                        sum("output_tokens"),
+                        sum("cost_micro_cr"),
+                        sum("from_acquired"),
+                        sum("from_alloc"),
+                        sum("from_wallet_micro_cr"),
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(filter.from.map_or(i64::MIN, Timestamp::as_micros))
+                        .bind(filter.to.map_or(i64::MAX, Timestamp::as_micros))
+                        .bind(filter.model.as_deref())
+                        .bind(filter.class.as_deref())
+                        .bind(filter.user)
+                        .bind(filter.api_key)
+                        .bind(filter.task.as_deref())
+                        .bind(filter.conversation.as_deref())
+                        .bind(limit.max(1))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let count = |column: &str| -> Result<u64, StoreError> {
+                                unsigned(row.try_get::<i64, _>(column)?)
+                            };
+                            Ok(UsageTotal {
+                                key: row.try_get("group_key")?,
+                                events: count("events")?,
+                                input_tokens: count("input_tokens")?,
+                                cached_input_tokens: count("cached_input_tokens")?,
+                                cache_write_tokens: count("cache_write_tokens")?,
+                                output_tokens: count("output_tokens")?,
+                                cost_micro_cr: count("cost_micro_cr")?,
+                                from_acquired: count("from_acquired")?,
+                                from_alloc: count("from_alloc")?,
+                                from_wallet_micro_cr: count("from_wallet_micro_cr")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                /// Totals of whole UTC days `[first_day, end_day)` from the rollups of
+                /// `dimension`, by group (for days, keyed `YYYY-MM-DD`; for all, `all`).
+                async fn usage_totals_of_rollups(
+                    &self,
+                    org: OrgId,
+                    dimension: &str,
+                    group: UsageGroup,
+                    first_day: i64,
+                    end_day: i64,
+                ) -> Result<Vec<UsageTotal>, StoreError> {
+                    let key = match group {
+                        UsageGroup::Day => "CAST(day AS TEXT)",
+                        UsageGroup::All => "'all'",
+                        _ => "key",
+                    };
+                    let sql = format!(
+                        "SELECT {key} AS group_key, \
+                         CAST(SUM(events) AS BIGINT) AS events, \
+                         CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+                         CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens, \
+                         CAST(SUM(cache_write_tokens) AS BIGINT) AS cache_write_tokens, \
+                         CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+                         CAST(SUM(cost_micro_cr) AS BIGINT) AS cost_micro_cr, \
+                         CAST(SUM(from_acquired) AS BIGINT) AS from_acquired, \
+                         CAST(SUM(from_alloc) AS BIGINT) AS from_alloc, \
+                         CAST(SUM(from_wallet_micro_cr) AS BIGINT) AS from_wallet_micro_cr \
+                         FROM usage_rollups WHERE org_id = $1 AND dimension = $2 \
+                         AND day >= $3 AND day < $4 GROUP BY group_key"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org.as_uuid())
+                        .bind(dimension)
+                        .bind(first_day)
+                        .bind(end_day)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter()
+                        .map(|row| {
+                            let count = |column: &str| -> Result<u64, StoreError> {
+                                unsigned(row.try_get::<i64, _>(column)?)
+                            };
+                            let raw: String = row.try_get("group_key")?;
+                            let key = match group {
+                                UsageGroup::Day => Some(crate::usage::day_key(
+                                    raw.parse().map_err(StoreError::corrupt)?,
+                                )),
+                                _ if raw.is_empty() => None,
+                                _ => Some(raw),
+                            };
+                            Ok(UsageTotal {
+                                key,
+                                events: count("events")?,
+                                input_tokens: count("input_tokens")?,
+                                cached_input_tokens: count("cached_input_tokens")?,
+                                cache_write_tokens: count("cache_write_tokens")?,
+                                output_tokens: count("output_tokens")?,
+                                cost_micro_cr: count("cost_micro_cr")?,
+                                from_acquired: count("from_acquired")?,
+                                from_alloc: count("from_alloc")?,
+                                from_wallet_micro_cr: count("from_wallet_micro_cr")?,
+                            })
+                        })
+                        .collect()
+                }
+            }
+
             #[async_trait]
             impl UsageStore for $store {
                 async fn usage_tx(
@@ -1468,15 +1790,27 @@ macro_rules! shared_usage {
                     plan: crate::identity::Plan,
                     before: Timestamp,
                 ) -> Result<u64, StoreError> {
+                    // Whole UTC days go, calls and rollups together, so the two always agree.
+                    let before = crate::usage::day_start(before.as_micros());
+                    let mut tx = dialect::begin_write(&self.pool).await?;
                     let deleted = sqlx::query(
                         "DELETE FROM usage_events WHERE occurred_at < $2 \
                          AND org_id IN (SELECT id FROM orgs WHERE plan = $1)",
                     )
                     .bind(plan.as_str())
-                    .bind(before.as_micros())
-                    .execute(&self.pool)
+                    .bind(before)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                    sqlx::query(
+                        "DELETE FROM usage_rollups WHERE day < $2 \
+                         AND org_id IN (SELECT id FROM orgs WHERE plan = $1)",
+                    )
+                    .bind(plan.as_str())
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
                     Ok(deleted)
                 }
 
@@ -1487,70 +1821,55 @@ macro_rules! shared_usage {
                     group: UsageGroup,
                     limit: u32,
                 ) -> Result<Vec<UsageTotal>, StoreError> {
-                    // The grouping column is one of these fixed expressions, never the caller's
-                    // text; the day is the UTC day of the call (micros since the epoch).
-                    let key = match group {
-                        UsageGroup::Model => "model",
-                        UsageGroup::Class => "class",
-                        UsageGroup::User => dialect::UUID_TEXT_USER,
-                        UsageGroup::ApiKey => dialect::UUID_TEXT_API_KEY,
-                        UsageGroup::Task => "task",
-                        UsageGroup::Conversation => "conversation",
-                        UsageGroup::Day => dialect::UTC_DAY_OF_OCCURRED_AT,
-                        UsageGroup::All => "'all'",
+                    let limit = limit.clamp(1, USAGE_PAGE_MAX);
+                    let from = filter.from.map_or(i64::MIN, Timestamp::as_micros);
+                    let to = filter.to.map_or(i64::MAX, Timestamp::as_micros);
+                    // Whole UTC days from the rollups, the partial days at the ends from the
+                    // calls: the same totals, without reading every call.
+                    let first_day = if from == i64::MIN {
+                        i64::MIN
+                    } else {
+                        crate::usage::day_start(from.saturating_add(crate::usage::DAY_MICROS - 1))
                     };
-                    let sum = |column: &str| {
-                        format!("CAST(COALESCE(SUM({column}), 0) AS BIGINT) AS {column}")
+                    let end_day = if to == i64::MAX {
+                        i64::MAX
+                    } else {
+                        crate::usage::day_start(to)
                     };
-                    let sql = format!(
-                        "SELECT {key} AS group_key, COUNT(*) AS events, {}, {}, {}, {}, {}, {}, \
-                         {}, {} FROM usage_events WHERE org_id = $1 \
-                         AND occurred_at >= $2 AND occurred_at < $3 \
-                         AND ($4 IS NULL OR model = $4) AND ($5 IS NULL OR class = $5) \
-                         AND ($6 IS NULL OR user_id = $6) AND ($7 IS NULL OR api_key_id = $7) \
-                         AND ($8 IS NULL OR task = $8) AND ($9 IS NULL OR conversation = $9) \
-                         GROUP BY group_key ORDER BY cost_micro_cr DESC, group_key LIMIT $10",
-                        sum("input_tokens"),
-                        sum("cached_input_tokens"),
-                        sum("cache_write_tokens"),
-                        sum("output_tokens"),
-                        sum("cost_micro_cr"),
-                        sum("from_acquired"),
-                        sum("from_alloc"),
-                        sum("from_wallet_micro_cr"),
-                    );
-                    let rows = sqlx::query(&sql)
-                        .bind(org.as_uuid())
-                        .bind(filter.from.map_or(i64::MIN, Timestamp::as_micros))
-                        .bind(filter.to.map_or(i64::MAX, Timestamp::as_micros))
-                        .bind(filter.model.as_deref())
-                        .bind(filter.class.as_deref())
-                        .bind(filter.user)
-                        .bind(filter.api_key)
-                        .bind(filter.task.as_deref())
-                        .bind(filter.conversation.as_deref())
-                        .bind(i64::from(limit.clamp(1, USAGE_PAGE_MAX)))
-                        .fetch_all(&self.pool)
-                        .await?;
-                    rows.iter()
-                        .map(|row| {
-                            let count = |column: &str| -> Result<u64, StoreError> {
-                                unsigned(row.try_get::<i64, _>(column)?)
-                            };
-                            Ok(UsageTotal {
-                                key: row.try_get("group_key")?,
-                                events: count("events")?,
-                                input_tokens: count("input_tokens")?,
-                                cached_input_tokens: count("cached_input_tokens")?,
-                                cache_write_tokens: count("cache_write_tokens")?,
-                                output_tokens: count("output_tokens")?,
-                                cost_micro_cr: count("cost_micro_cr")?,
-                                from_acquired: count("from_acquired")?,
-                                from_alloc: count("from_alloc")?,
-                                from_wallet_micro_cr: count("from_wallet_micro_cr")?,
-                            })
+                    let dimension = crate::usage::rollup_dimension(group, filter);
+                    let (Some(dimension), true) = (dimension, first_day < end_day) else {
+                        return self.usage_totals_of_calls(org, filter, group, i64::from(limit)).await;
+                    };
+                    let mut totals: HashMap<Option<String>, UsageTotal> = HashMap::new();
+                    for total in self
+                        .usage_totals_of_rollups(org, dimension, group, first_day, end_day)
+                        .await?
+                    {
+                        crate::usage::add_total(totals.entry(total.key.clone()).or_default(), &total);
+                    }
+                    for (edge_from, edge_to) in [(from, first_day), (end_day, to)] {
+                        if edge_from >= edge_to {
+                            continue;
+                        }
+                        let edge = UsageFilter {
+                            from: Some(Timestamp::from_micros(edge_from)),
+                            to: Some(Timestamp::from_micros(edge_to)),
+                            ..UsageFilter::default()
+                        };
+                        for total in self.usage_totals_of_calls(org, &edge, group, i64::MAX).await? {
+                            crate::usage::add_total(totals.entry(total.key.clone()).or_default(), &total);
+                        }
+                    }
+                    let mut totals: Vec<UsageTotal> = totals
+                        .into_iter()
+                        .map(|(key, mut total)| {
+                            total.key = key;
+                            total
                         })
-                        .collect()
+                        .collect();
+                    crate::usage::sort_totals(&mut totals);
+                    totals.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                    Ok(totals)
                 }
 
                 async fn reservation(

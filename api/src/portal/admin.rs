@@ -282,12 +282,44 @@ fn options(values: &[&str]) -> Vec<(String, String)> {
 
 async fn platform(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
     let session = Session::of(&req).await?;
-    let books = match session.get(&req, "/v1/admin/books/check").await {
+    let provider = match session.get(&req, "/v1/admin/provider/balances").await {
         Ok(v) => v,
         Err(p) => return Ok(problem_page(&req, &session, None, Section::Admin, &p)),
     };
+    // The books check reads the whole journal: on demand only (`?check=1`).
+    let books = if query(&req).contains_key("check") {
+        match session.get(&req, "/v1/admin/books/check").await {
+            Ok(v) => Some(v),
+            Err(p) => return Ok(problem_page(&req, &session, None, Section::Admin, &p)),
+        }
+    } else {
+        None
+    };
     let cycles = session.get(&req, "/v1/cycles").await.unwrap_or_default();
     let markets = session.get(&req, "/v1/markets").await.unwrap_or_default();
+    // The provider's balances by asset: (asset, kind) → balance.
+    let mut figures: std::collections::BTreeMap<String, [i128; 5]> =
+        std::collections::BTreeMap::new();
+    for account in items(&provider) {
+        let slot = match str_at(account, "/kind").as_str() {
+            "spent" => 0,
+            "fees" => 1,
+            "treasury" => 2,
+            "expired" => 3,
+            "issuance" => 4,
+            _ => continue,
+        };
+        figures.entry(str_at(account, "/asset")).or_default()[slot] +=
+            int_at(account, "/balance/balance");
+    }
+    let amount = |asset: &str, value: i128| {
+        if asset == "CR" {
+            cr(value)
+        } else {
+            format!("{} tokens", count(value))
+        }
+    };
+    let cr_figures = figures.get("CR").copied().unwrap_or_default();
     // Recent fills of the three most recent markets (the API has no platform-wide totals).
     let mut sampled: Vec<&Value> = items(&markets).iter().collect();
     sampled.sort_by_key(|m| std::cmp::Reverse(str_at(m, "/cycle")));
@@ -328,22 +360,23 @@ async fn platform(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
             value: v.3,
         })
         .collect();
-    let ok = bool_at(&books, "/ok");
     let body = html! {
         h1 { "Platform" }
-        h2 { "Books" }
         div.grid {
             div.card {
-                h2 { "Ledger check" }
-                p.figure { @if ok { span.pill.ok { "balanced" } } @else { span.pill.bad { "NOT balanced" } } }
-                p.muted { (count(int_at(&books, "/accounts"))) " accounts · " (count(int_at(&books, "/journal_entries"))) " journal entries" }
+                h2 { "CR spent" }
+                p.figure { (cr(cr_figures[0])) }
+                p.muted { "usage paid from wallets, all time" }
             }
             div.card {
-                h2 { "Discrepancies" }
-                p.figure { (count(int_at(&books, "/discrepancies"))) }
-                p.muted { (count(int_at(&books, "/negative_accounts"))) " negative · "
-                    (count(int_at(&books, "/orphan_entries"))) " orphan entries · "
-                    (count(int_at(&books, "/broken_pending_links"))) " broken pending links" }
+                h2 { "Fees earned" }
+                p.figure { (cr(cr_figures[1])) }
+                p.muted { "market fees, all time" }
+            }
+            div.card {
+                h2 { "CR issued" }
+                p.figure { (cr(-cr_figures[4])) }
+                p.muted { "top-ups, grants, sale proceeds and buyback payouts" }
             }
             div.card {
                 h2 { "Markets" }
@@ -351,10 +384,43 @@ async fn platform(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
                 p.muted { "with a market set up or traded" }
             }
         }
-        @let unbalanced = items_at(&books, "/unbalanced_assets");
-        @if !unbalanced.is_empty() {
-            div.banner.error role="alert" { "Unbalanced assets: "
-                @for a in unbalanced { code { (a.as_str().unwrap_or_default()) } " " } }
+        h2 { "Tokens by cycle" }
+        p.muted { "The provider's accounts as the ledger keeps them: what was consumed, bought back (still in the treasury), expired unused, and issued." }
+        div.table-wrap { table {
+            thead { tr { th { "Asset" } th.num { "Spent" } th.num { "Bought back (treasury)" } th.num { "Expired" } th.num { "Issued" } } }
+            tbody { @for (asset, f) in &figures { @if asset != "CR" { tr {
+                td { (asset) } td.num { (amount(asset, f[0])) } td.num { (amount(asset, f[2])) }
+                td.num { (amount(asset, f[3])) } td.num { (amount(asset, -f[4])) }
+            } } } }
+        } }
+        h2 { "Books" }
+        @match &books {
+            None => {
+                p { "The check recomputes every balance from the journal (it reads all of it). "
+                    a.button.secondary href="/portal/admin?check=1" { "Check the books now" } }
+            }
+            Some(books) => {
+                @let ok = bool_at(books, "/ok");
+                div.grid {
+                    div.card {
+                        h2 { "Ledger check" }
+                        p.figure { @if ok { span.pill.ok { "balanced" } } @else { span.pill.bad { "NOT balanced" } } }
+                        p.muted { (count(int_at(books, "/accounts"))) " accounts · " (count(int_at(books, "/journal_entries"))) " journal entries" }
+                    }
+                    div.card {
+                        h2 { "Discrepancies" }
+                        p.figure { (count(int_at(books, "/discrepancies"))) }
+                        p.muted { (count(int_at(books, "/negative_accounts"))) " negative · "
+                            (count(int_at(books, "/orphan_entries"))) " orphan entries · "
+                            (count(int_at(books, "/broken_pending_links"))) " broken pending links" }
+                    }
+                }
+                @let unbalanced = items_at(books, "/unbalanced_assets");
+                @if !unbalanced.is_empty() {
+                    div.banner.error role="alert" { "Unbalanced assets: "
+                        @for a in unbalanced { code { (a.as_str().unwrap_or_default()) } " " } }
+                }
+            }
         }
         h2 { "Market volume" }
         p.muted { "From each market's most recent trades (up to 1,000), for the three most recent markets. "
@@ -377,8 +443,6 @@ async fn platform(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
         (market_table(&markets))
         h2 { "Cycles" }
         (cycle_table(&session, &cycles, false))
-        div.banner.note { "Platform-wide spend, buyback totals and collected fees are not offered by the API yet "
-            "(no admin endpoint for the provider's accounts); the figures above are what can be read." }
     };
     Ok(admin_page(
         &req,

@@ -257,6 +257,13 @@ impl PortalApi {
                 value(key)?,
             );
         }
-        dispatch(request).await
+        let started = std::time::Instant::now();
+        let answer = dispatch(request).await;
+        tracing::debug!(
+            path = call.path,
+            elapsed_us = started.elapsed().as_micros(),
+            "portal: API call"
+        );
+        answer
     }
 }

@@ -886,6 +886,67 @@ pub struct BooksCheck {
     pub orphan_entries: i64,
 }
 
+/// The kinds of account the provider has: the source of everything issued (`issuance`), tokens
+/// bought back (`treasury`), market fees (`fees`), what was consumed (`spent`) and what expired
+/// unused (`expired`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderAccountKind {
+    Issuance,
+    Treasury,
+    Fees,
+    Spent,
+    Expired,
+}
+
+/// One of the provider's accounts and its balance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderBalanceView {
+    #[schema(value_type = String, format = Uuid)]
+    pub account_id: String,
+    /// `CR` (µCR) or `TOK.<class>.<cycle>` (tokens).
+    pub asset: String,
+    #[schema(value_type = ProviderAccountKind)]
+    pub kind: String,
+    pub balance: BalanceView,
+}
+
+/// The provider's accounts with their balances (admins only): the platform's figures as the
+/// ledger keeps them — CR and tokens spent, fees earned, tokens bought back, tokens expired,
+/// and everything issued (negative).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/provider/balances",
+    tag = "ledger",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every account of the provider", body = Vec<ProviderBalanceView>),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn provider_balances(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let accounts = state
+        .ledger
+        .store()
+        .accounts_of(Owner::Provider)
+        .await
+        .map_err(|error| internal(&error))?;
+    let views: Vec<ProviderBalanceView> = accounts
+        .into_iter()
+        .map(|AccountView { account, balance }| ProviderBalanceView {
+            account_id: account.id().to_string(),
+            asset: account.asset().to_string(),
+            kind: account.kind().name().to_owned(),
+            balance: balance.into(),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
+}
+
 /// Recomputes every balance from the journal and compares (admins only).
 #[utoipa::path(
     get,
@@ -945,5 +1006,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::post().to(transfers)),
         )
         .service(web::resource("/v1/admin/transfers/{transfer_id}").route(web::get().to(transfer)))
-        .service(web::resource("/v1/admin/books/check").route(web::get().to(books_check)));
+        .service(web::resource("/v1/admin/books/check").route(web::get().to(books_check)))
+        .service(
+            web::resource("/v1/admin/provider/balances").route(web::get().to(provider_balances)),
+        );
 }
