@@ -166,7 +166,7 @@ async fn the_portal_door(db: &TestDb) {
     );
     let response =
         test::call_service(&service, form("/portal/password", &jar, &body).to_request()).await;
-    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let text = body_text(response).await;
     assert!(text.contains("f-current_password-error"), "{text}");
     assert_eq!(

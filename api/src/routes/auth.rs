@@ -32,14 +32,14 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
-/// A password change: the current password, and the new one (12 to 1,024 characters).
+/// A password change: the current password, and the new one (12 to 256 characters).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"current_password": "correct horse battery staple", "new_password": "a longer and newer passphrase"}))]
 pub struct PasswordChange {
     #[schema(max_length = 1024)]
     current_password: String,
-    #[schema(min_length = 12, max_length = 1024)]
+    #[schema(min_length = 12, max_length = 256)]
     new_password: String,
 }
 
@@ -258,10 +258,9 @@ pub async fn me(
         (status = 200, description = "Changed; the caller's new pair (every other sign-in has ended)", body = TokenPair),
         (status = 400, description = "The body is not valid, or the new password is too short or too long", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "API keys have no password", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The current password is wrong, or the caller is an API key (which has no password)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The current password is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many tries; wait as `Retry-After` says", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -292,7 +291,7 @@ pub async fn change_password(
         .map(|(_, hash)| hash.as_str().to_owned());
     if !password::verify(Secret::new(current_password), stored).await {
         let detail = "current_password: the current password is wrong";
-        return Err(ApiError::new(ProblemKind::Unprocessable, detail).into());
+        return Err(ApiError::new(ProblemKind::Forbidden, detail).into());
     }
     let hash = password::hash(Secret::new(new_password))
         .await
