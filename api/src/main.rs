@@ -35,6 +35,9 @@ enum Command {
     Serve(ConfigArgs),
     /// Recompute every balance from the journal and report any difference; exits 1 on any.
     Check(ConfigArgs),
+    /// Check every invariant of the spec over the whole database (the books, one hop, the
+    /// closed loop, closed cycles, the market's chains, hard budgets); exits 1 on any breach.
+    Audit(ConfigArgs),
     /// Export the books.
     Export {
         #[command(subcommand)]
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => check(&Config::load(args)?).await,
+        Command::Audit(args) => audit(&Config::load(args)?).await,
         Command::Export {
             format: ExportFormat::Beancount { config, output },
         } => {
@@ -167,6 +171,37 @@ async fn open(config: &Config) -> anyhow::Result<Arc<dyn credex_store::Store>> {
     credex_store::connect(&url, Arc::new(SystemClock))
         .await
         .with_context(|| format!("open the database {}", redacted(&url)))
+}
+
+async fn audit(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open(config).await?;
+    let report = store.audit_invariants().await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.is_ok() {
+        eprintln!(
+            "audit passed: {} accounts, {} journal entries, {} fills, {} buybacks, {} budget \
+             periods; every invariant holds",
+            report.books.accounts,
+            report.books.journal_entries,
+            report.fills,
+            report.buybacks,
+            report.budget_periods
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(why) = &report.books_unreadable {
+        eprintln!("books (rules 1, 2): the books check could not read the books: {why}");
+    }
+    if !report.books.is_ok() {
+        eprintln!(
+            "books (rules 1, 2): the books do NOT balance: see \"books\" in the report above"
+        );
+    }
+    for line in report.breaches() {
+        eprintln!("{line}");
+    }
+    eprintln!("audit FAILED: see the breaches above");
+    Ok(ExitCode::from(1))
 }
 
 async fn check(config: &Config) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@
 //! alone, exclusively. A market write runs its ledger chain inside its own transaction
 //! (`apply_in` in [`sql`]), so its rows and its transfers commit or roll back together.
 
+mod audit;
 mod beancount;
 mod check;
 pub mod cycles;
@@ -41,6 +42,9 @@ use credex_ledger::{
 };
 use serde::Serialize;
 
+pub use audit::{
+    AuditReport, BudgetBreach, ChainBreach, FlowBreach, MisplacedAccount, OpenAssetOfClosedCycle,
+};
 pub use beancount::{export_beancount, ExportSummary};
 pub use check::{CheckReport, Discrepancy};
 pub use cycles::{Allotment, ClassRecord, CycleError, CycleRecord, CycleStore, Put};
@@ -344,6 +348,10 @@ pub trait Store:
     /// Recomputes every balance from the journal and compares it with the stored balances,
     /// both read at one instant.
     async fn check(&self) -> Result<CheckReport, StoreError>;
+
+    /// Checks every invariant of the spec over the whole database: the books check, then one
+    /// hop, the closed loop, closed cycles, the market's chains and hard budgets.
+    async fn audit_invariants(&self) -> Result<AuditReport, StoreError>;
 }
 
 /// Opens the store a database URL names, running migrations: `sqlite:` paths (created when

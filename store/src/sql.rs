@@ -1039,6 +1039,40 @@ macro_rules! shared_store {
                 LEFT JOIN accounts c ON c.id = t.credit_account_id \
                 WHERE d.id IS NULL OR c.id IS NULL OR d.asset <> t.asset OR c.asset <> t.asset";
 
+            const LEG_SQL_TEMPLATE: &str = crate::audit::LEG_SQL;
+
+            /// The journal rows (with their accounts) a leg query selects; `ids` bound as `$1`.
+            async fn fetch_legs(
+                conn: &mut Connection,
+                sql: &str,
+                ids: Option<&[Uuid]>,
+            ) -> Result<Vec<crate::audit::LegRow>, StoreError> {
+                let mut query = sqlx::query(sql);
+                if let Some(ids) = ids {
+                    query = query.bind(dialect::uuid_list(ids));
+                }
+                let rows = query.fetch_all(&mut *conn).await?;
+                let mut legs = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    legs.push(crate::audit::LegRow {
+                        seq: row.try_get("seq")?,
+                        id: row.try_get("id")?,
+                        kind: row.try_get("kind")?,
+                        code: row.try_get("code")?,
+                        asset: row.try_get("asset")?,
+                        amount: row.try_get("amount")?,
+                        timestamp: row.try_get("timestamp")?,
+                        debit_account: row.try_get("debit_account_id")?,
+                        debit_kind: row.try_get("debit_kind")?,
+                        debit_org: row.try_get("debit_org")?,
+                        credit_account: row.try_get("credit_account_id")?,
+                        credit_kind: row.try_get("credit_kind")?,
+                        credit_org: row.try_get("credit_org")?,
+                    });
+                }
+                Ok(legs)
+            }
+
             #[async_trait]
             impl Store for $store {
                 fn backend(&self) -> Backend {
@@ -1360,6 +1394,112 @@ macro_rules! shared_store {
                         .try_get("orphans")?;
                     tx.commit().await?;
                     Ok(CheckReport::build(&stored, &journal, entries, broken, orphans))
+                }
+
+                async fn audit_invariants(&self) -> Result<crate::AuditReport, StoreError> {
+                    use crate::audit::{self, BuybackRow, FillRow, LegRow};
+                    // An account the ledger cannot read (a CR account of a token-only kind,
+                    // say) makes the books check fail; the checks below still name it.
+                    let (books, books_unreadable) = match self.check().await {
+                        Ok(books) => (books, None),
+                        Err(StoreError::Corrupt(what)) => (CheckReport::default(), Some(what)),
+                        Err(error) => return Err(error),
+                    };
+                    let mut tx = dialect::begin_snapshot(&self.pool).await?;
+                    let legs = |filter: &str| LEG_SQL_TEMPLATE.replace("{filter}", filter);
+                    let one_hop = fetch_legs(&mut tx, &legs(audit::ONE_HOP_FILTER), None).await?;
+                    let closed_loop =
+                        fetch_legs(&mut tx, &legs(audit::CLOSED_LOOP_FILTER), None).await?;
+                    let closed_cycles =
+                        fetch_legs(&mut tx, &legs(audit::CLOSED_CYCLE_FILTER), None).await?;
+                    let mut misplaced_accounts = Vec::new();
+                    for row in sqlx::query(audit::MISPLACED_ACCOUNTS_SQL)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    {
+                        misplaced_accounts.push(crate::audit::MisplacedAccount {
+                            account_id: row.try_get("id")?,
+                            asset: row.try_get("asset")?,
+                            kind: audit::kind_name(row.try_get("kind")?),
+                        });
+                    }
+                    let mut open_assets_of_closed_cycles = Vec::new();
+                    for row in sqlx::query(audit::OPEN_ASSETS_OF_CLOSED_CYCLES_SQL)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    {
+                        open_assets_of_closed_cycles.push(crate::audit::OpenAssetOfClosedCycle {
+                            cycle: row.try_get("cycle")?,
+                            asset: row.try_get("code")?,
+                        });
+                    }
+                    let mut fills = Vec::new();
+                    for row in sqlx::query(audit::FILLS_SQL).fetch_all(&mut *tx).await? {
+                        fills.push(FillRow {
+                            id: row.try_get("id")?,
+                            order_id: row.try_get("order_id")?,
+                            asset: row.try_get("asset")?,
+                            listing_id: row.try_get("listing_id")?,
+                            buyer: row.try_get("buyer_org")?,
+                            seller: row.try_get("seller_org")?,
+                            quantity: row.try_get("quantity")?,
+                            cost: row.try_get("cost_micro_cr")?,
+                            fee: row.try_get("fee_micro_cr")?,
+                            fee_payer: row.try_get("fee_payer")?,
+                            transfer_ids: row.try_get("transfer_ids")?,
+                        });
+                    }
+                    let mut buybacks = Vec::new();
+                    for row in sqlx::query(audit::BUYBACKS_SQL).fetch_all(&mut *tx).await? {
+                        buybacks.push(BuybackRow {
+                            id: row.try_get("id")?,
+                            org: row.try_get("org_id")?,
+                            asset: row.try_get("asset")?,
+                            quantity: row.try_get("quantity")?,
+                            payout: row.try_get("payout_micro_cr")?,
+                            transfer_ids: row.try_get("transfer_ids")?,
+                        });
+                    }
+                    let mut chain_legs: HashMap<Uuid, LegRow> = HashMap::new();
+                    let by_id = legs(&dialect::in_uuids("t.id"));
+                    for ids in audit::chain_ids(&fills, &buybacks).chunks(500) {
+                        for leg in fetch_legs(&mut tx, &by_id, Some(ids)).await? {
+                            chain_legs.insert(leg.id, leg);
+                        }
+                    }
+                    let mut budgets = Vec::new();
+                    for row in sqlx::query(audit::BUDGETS_SQL).fetch_all(&mut *tx).await? {
+                        budgets.push(crate::audit::BudgetBreach {
+                            budget_id: row.try_get("id")?,
+                            org_id: row.try_get("org_id")?,
+                            name: row.try_get("name")?,
+                            period: row.try_get("period")?,
+                            period_start: row.try_get("period_start")?,
+                            spent_micro_cr: row.try_get("spent_micro_cr")?,
+                            limit_micro_cr: row.try_get("limit_micro_cr")?,
+                        });
+                    }
+                    let budget_periods: i64 = sqlx::query("SELECT COUNT(*) AS n FROM budget_spend")
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("n")?;
+                    tx.commit().await?;
+                    let mut market_chains = audit::check_fills(&fills, &chain_legs);
+                    market_chains.extend(audit::check_buybacks(&buybacks, &chain_legs));
+                    Ok(crate::AuditReport {
+                        books,
+                        books_unreadable,
+                        one_hop: one_hop.iter().map(Into::into).collect(),
+                        closed_loop: closed_loop.iter().map(Into::into).collect(),
+                        misplaced_accounts,
+                        closed_cycles: closed_cycles.iter().map(Into::into).collect(),
+                        open_assets_of_closed_cycles,
+                        market_chains,
+                        budgets,
+                        fills: fills.len(),
+                        buybacks: buybacks.len(),
+                        budget_periods,
+                    })
                 }
             }
         }
