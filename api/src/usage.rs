@@ -79,6 +79,9 @@ pub struct UsageEvent {
     pub tokens: TokenUsage,
     /// When the call happened: it is priced at this instant, and charged to this cycle.
     pub at: Timestamp,
+    /// Whether the caller named `at` (else it is the server's clock on arrival, which a
+    /// replay of the same event cannot repeat, so it is left out of the fingerprint).
+    pub at_given: bool,
     pub user: Option<Uuid>,
     pub api_key: Option<Uuid>,
     pub task: Option<String>,
@@ -105,7 +108,11 @@ impl UsageEvent {
         ] {
             part(&count.to_be_bytes());
         }
-        part(&self.at.as_micros().to_be_bytes());
+        if self.at_given {
+            part(&self.at.as_micros().to_be_bytes());
+        } else {
+            part(&[]);
+        }
         let optional = |value: Option<&[u8]>| value.map(<[u8]>::to_vec).unwrap_or_default();
         part(&optional(
             self.user.as_ref().map(|id| id.as_bytes().as_slice()),

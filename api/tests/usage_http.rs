@@ -130,8 +130,12 @@ async fn usage_through_http(db: &TestDb) {
     assert_eq!(first.body["charged"]["from_wallet_micro_cr"], 200_000);
     assert_eq!(wallet().await, 4_800_000);
 
-    // The same batch again: the recorded charge, nothing moved.
+    // The same batch again, a minute later: the recorded charge, nothing moved. (The events
+    // name no `at`: the server's clock stamped them, and a replay is not held to it.)
+    let stamped = credex_ledger::Clock::now(fixture.clock.as_ref());
+    fixture.clock.advance_seconds(60);
     let again = call(&service, request("POST", &usage, &key, Some(batch))).await;
+    fixture.clock.set(stamped);
     expect(&again, StatusCode::OK, "a replay");
     assert_eq!(again.body["events"][0]["replayed"], true);
     assert_eq!(again.body["charged"]["events"], 0);

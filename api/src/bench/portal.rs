@@ -170,6 +170,7 @@ async fn set_up(config: &Config, args: &PortalBenchArgs) -> anyhow::Result<Prepa
                             50 + draw.below(1_000),
                         )?,
                         at: Timestamp::from_micros(start + offset),
+                        at_given: true,
                         user: Some(*user),
                         api_key: None,
                         task: Some(format!("task-{}", draw.below(12))),

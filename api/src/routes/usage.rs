@@ -267,6 +267,7 @@ pub(crate) fn parse_event(
         model: body.model,
         tokens,
         at,
+        at_given: body.at.is_some(),
         user: input::optional_uuid(&field(index, "user_id"), body.user_id.as_deref())?,
         api_key: input::optional_uuid(&field(index, "api_key_id"), body.api_key_id.as_deref())?
             .or(caller_key),

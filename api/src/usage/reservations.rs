@@ -64,6 +64,7 @@ impl ReservationRequest {
             model: self.model.clone(),
             tokens: self.tokens,
             at,
+            at_given: true,
             user: self.user,
             api_key: self.api_key,
             task: self.task.clone(),

@@ -146,6 +146,7 @@ pub fn event(input: u64, output: u64, at: Timestamp) -> UsageEvent {
         model: MODEL.to_owned(),
         tokens: TokenUsage::new(input, 0, 0, output).expect("tokens"),
         at,
+        at_given: true,
         user: None,
         api_key: None,
         task: Some("summaries".to_owned()),
