@@ -1370,6 +1370,25 @@ macro_rules! shared_usage {
                 }
             }
 
+            /// One group's totals from a row of either totals query (the same columns).
+            fn usage_total(row: &DbRow, key: Option<String>) -> Result<UsageTotal, StoreError> {
+                let count = |column: &str| -> Result<u64, StoreError> {
+                    unsigned(row.try_get::<i64, _>(column)?)
+                };
+                Ok(UsageTotal {
+                    key,
+                    events: count("events")?,
+                    input_tokens: count("input_tokens")?,
+                    cached_input_tokens: count("cached_input_tokens")?,
+                    cache_write_tokens: count("cache_write_tokens")?,
+                    output_tokens: count("output_tokens")?,
+                    cost_micro_cr: count("cost_micro_cr")?,
+                    from_acquired: count("from_acquired")?,
+                    from_alloc: count("from_alloc")?,
+                    from_wallet_micro_cr: count("from_wallet_micro_cr")?,
+                })
+            }
+
             impl $store {
                 /// Totals read from the calls themselves (any filter, any grouping), at most
                 /// `limit` groups.
@@ -1428,23 +1447,7 @@ macro_rules! shared_usage {
                         .fetch_all(&self.pool)
                         .await?;
                     rows.iter()
-                        .map(|row| {
-                            let count = |column: &str| -> Result<u64, StoreError> {
-                                unsigned(row.try_get::<i64, _>(column)?)
-                            };
-                            Ok(UsageTotal {
-                                key: row.try_get("group_key")?,
-                                events: count("events")?,
-                                input_tokens: count("input_tokens")?,
-                                cached_input_tokens: count("cached_input_tokens")?,
-                                cache_write_tokens: count("cache_write_tokens")?,
-                                output_tokens: count("output_tokens")?,
-                                cost_micro_cr: count("cost_micro_cr")?,
-                                from_acquired: count("from_acquired")?,
-                                from_alloc: count("from_alloc")?,
-                                from_wallet_micro_cr: count("from_wallet_micro_cr")?,
-                            })
-                        })
+                        .map(|row| usage_total(row, row.try_get("group_key")?))
                         .collect()
                 }
 
@@ -1486,9 +1489,6 @@ macro_rules! shared_usage {
                         .await?;
                     rows.iter()
                         .map(|row| {
-                            let count = |column: &str| -> Result<u64, StoreError> {
-                                unsigned(row.try_get::<i64, _>(column)?)
-                            };
                             let raw: String = row.try_get("group_key")?;
                             let key = match group {
                                 UsageGroup::Day => Some(crate::usage::day_key(
@@ -1497,18 +1497,7 @@ macro_rules! shared_usage {
                                 _ if raw.is_empty() => None,
                                 _ => Some(raw),
                             };
-                            Ok(UsageTotal {
-                                key,
-                                events: count("events")?,
-                                input_tokens: count("input_tokens")?,
-                                cached_input_tokens: count("cached_input_tokens")?,
-                                cache_write_tokens: count("cache_write_tokens")?,
-                                output_tokens: count("output_tokens")?,
-                                cost_micro_cr: count("cost_micro_cr")?,
-                                from_acquired: count("from_acquired")?,
-                                from_alloc: count("from_alloc")?,
-                                from_wallet_micro_cr: count("from_wallet_micro_cr")?,
-                            })
+                            usage_total(row, key)
                         })
                         .collect()
                 }

@@ -986,10 +986,15 @@ async fn create_budget(
     }
 }
 
-async fn delete_budget(
+/// Deletes the org's `/{kind}/{id}` at the API (a form's button), then back to `back`; the
+/// API's problem as a page otherwise.
+async fn delete_then_back(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     form: web::Form<Fields>,
+    kind: &str,
+    back: &str,
+    section: Section,
 ) -> Result<HttpResponse, actix_web::Error> {
     let fields = form.into_inner();
     if let Err(refused) = check_form(&req, &fields) {
@@ -998,22 +1003,30 @@ async fn delete_budget(
     let session = Session::of(&req).await?;
     let (org, id) = path.into_inner();
     let org = org_of(&session, &org);
+    let target = org.api(&format!("/{kind}/{}", url_encode(&id)));
     let answer = session
-        .call(
-            &req,
-            Call::get(&org.api(&format!("/budgets/{}", url_encode(&id)))).method(Method::DELETE),
-        )
+        .call(&req, Call::get(&target).method(Method::DELETE))
         .await;
     match success(answer) {
-        Ok(_) => Ok(session.finish(&req, see_other(&org.path("/budgets?done=deleted")))),
-        Err(problem) => Ok(problem_page(
-            &req,
-            &session,
-            Some(&org),
-            Section::Budgets,
-            &problem,
-        )),
+        Ok(_) => Ok(session.finish(&req, see_other(&org.path(back)))),
+        Err(problem) => Ok(problem_page(&req, &session, Some(&org), section, &problem)),
     }
+}
+
+async fn delete_budget(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, actix_web::Error> {
+    delete_then_back(
+        req,
+        path,
+        form,
+        "budgets",
+        "/budgets?done=deleted",
+        Section::Budgets,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1205,29 +1218,15 @@ async fn revoke_key(
     path: web::Path<(String, String)>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let fields = form.into_inner();
-    if let Err(refused) = check_form(&req, &fields) {
-        return Ok(refused);
-    }
-    let session = Session::of(&req).await?;
-    let (org, id) = path.into_inner();
-    let org = org_of(&session, &org);
-    let answer = session
-        .call(
-            &req,
-            Call::get(&org.api(&format!("/api-keys/{}", url_encode(&id)))).method(Method::DELETE),
-        )
-        .await;
-    match success(answer) {
-        Ok(_) => Ok(session.finish(&req, see_other(&org.path("/keys?done=revoked")))),
-        Err(problem) => Ok(problem_page(
-            &req,
-            &session,
-            Some(&org),
-            Section::Keys,
-            &problem,
-        )),
-    }
+    delete_then_back(
+        req,
+        path,
+        form,
+        "api-keys",
+        "/keys?done=revoked",
+        Section::Keys,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1383,29 +1382,15 @@ async fn delete_webhook(
     path: web::Path<(String, String)>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let fields = form.into_inner();
-    if let Err(refused) = check_form(&req, &fields) {
-        return Ok(refused);
-    }
-    let session = Session::of(&req).await?;
-    let (org, id) = path.into_inner();
-    let org = org_of(&session, &org);
-    let answer = session
-        .call(
-            &req,
-            Call::get(&org.api(&format!("/webhooks/{}", url_encode(&id)))).method(Method::DELETE),
-        )
-        .await;
-    match success(answer) {
-        Ok(_) => Ok(session.finish(&req, see_other(&org.path("/webhooks?done=deleted")))),
-        Err(problem) => Ok(problem_page(
-            &req,
-            &session,
-            Some(&org),
-            Section::Webhooks,
-            &problem,
-        )),
-    }
+    delete_then_back(
+        req,
+        path,
+        form,
+        "webhooks",
+        "/webhooks?done=deleted",
+        Section::Webhooks,
+    )
+    .await
 }
 
 async fn webhook(
