@@ -407,9 +407,17 @@ impl Template {
         let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.place {
             Place::Sqlite { dir } => {
-                let from = dir.path().join("template.db");
+                // The template's write-ahead log goes with it: closing the pool need not have
+                // checkpointed it (a copy of the main file alone then misses committed pages,
+                // and the copy's books do not balance).
                 let to = dir.path().join(format!("copy{n}.db"));
-                std::fs::copy(&from, &to).context("copy the benchmark database")?;
+                for suffix in ["", "-wal"] {
+                    let from = dir.path().join(format!("template.db{suffix}"));
+                    if suffix.is_empty() || from.exists() {
+                        std::fs::copy(&from, dir.path().join(format!("copy{n}.db{suffix}")))
+                            .context("copy the benchmark database")?;
+                    }
+                }
                 Ok(format!("sqlite://{}", to.display()))
             }
             Place::Postgres { admin, base, name } => {
