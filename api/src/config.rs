@@ -383,7 +383,7 @@ fn smtp_url(url: &str) -> anyhow::Result<(String, u16)> {
 
 /// A CR's face value in USD from its decimal text: plain digits with an optional fraction (no
 /// sign, no exponent), more than 0, at most 1,000,000, at most 6 decimal places.
-fn face_value(text: &str) -> anyhow::Result<CrFaceValue> {
+pub(crate) fn face_value(text: &str) -> anyhow::Result<CrFaceValue> {
     let plain = text
         .split_once('.')
         .map_or(!text.is_empty(), |(whole, fraction)| {

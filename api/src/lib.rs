@@ -13,6 +13,8 @@ pub mod config;
 pub mod cycles;
 pub mod delivery;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod idempotency;
 pub mod input;
 pub mod jobs;

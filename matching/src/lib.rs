@@ -86,6 +86,9 @@
 
 mod arith;
 pub mod book;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod outcome;
 pub mod settle;
 pub mod types;

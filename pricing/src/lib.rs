@@ -8,6 +8,8 @@ pub mod catalog;
 pub mod cost;
 pub mod date;
 pub mod decay;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod litellm;
 pub mod tokens;

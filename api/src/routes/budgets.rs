@@ -80,6 +80,40 @@ pub struct BudgetBody {
     hard: Option<bool>,
 }
 
+impl BudgetBody {
+    /// The budget this body asks for: ids parsed, defaults filled in. [`Budget::new`] checks
+    /// the rest (name, task, time zone, limit, thresholds).
+    pub(crate) fn parse(self) -> Result<NewBudget, actix_web::Error> {
+        let uuid =
+            |field: &str, text: &str| input::uuid(text).ok_or_else(|| invalid(field, "not a UUID"));
+        let scope = match self.scope {
+            ScopeBody::Org {} => Scope::Org,
+            ScopeBody::User { user_id } => Scope::User(uuid("scope.user_id", &user_id)?),
+            ScopeBody::ApiKey { api_key_id } => {
+                Scope::ApiKey(uuid("scope.api_key_id", &api_key_id)?)
+            }
+            ScopeBody::Task { task } => Scope::Task(task),
+        };
+        let period = match self.period {
+            PeriodName::Day => Period::Day,
+            PeriodName::Week => Period::Week,
+            PeriodName::Month => Period::Month,
+            PeriodName::Cycle => Period::Cycle,
+        };
+        Ok(NewBudget {
+            name: self.name,
+            scope,
+            period,
+            time_zone: self.time_zone.unwrap_or_else(|| "UTC".to_owned()),
+            limit_micro_cr: self.limit_micro_cr,
+            thresholds: self
+                .thresholds
+                .unwrap_or_else(|| DEFAULT_THRESHOLDS.to_vec()),
+            hard: self.hard.unwrap_or(false),
+        })
+    }
+}
+
 /// A budget, with what it has spent in the current period.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BudgetView {
@@ -237,32 +271,7 @@ pub async fn create_budget(
     body: web::Json<BudgetBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let body = body.into_inner();
-    let uuid =
-        |field: &str, text: &str| input::uuid(text).ok_or_else(|| invalid(field, "not a UUID"));
-    let scope = match body.scope {
-        ScopeBody::Org {} => Scope::Org,
-        ScopeBody::User { user_id } => Scope::User(uuid("scope.user_id", &user_id)?),
-        ScopeBody::ApiKey { api_key_id } => Scope::ApiKey(uuid("scope.api_key_id", &api_key_id)?),
-        ScopeBody::Task { task } => Scope::Task(task),
-    };
-    let period = match body.period {
-        PeriodName::Day => Period::Day,
-        PeriodName::Week => Period::Week,
-        PeriodName::Month => Period::Month,
-        PeriodName::Cycle => Period::Cycle,
-    };
-    let new = NewBudget {
-        name: body.name,
-        scope,
-        period,
-        time_zone: body.time_zone.unwrap_or_else(|| "UTC".to_owned()),
-        limit_micro_cr: body.limit_micro_cr,
-        thresholds: body
-            .thresholds
-            .unwrap_or_else(|| DEFAULT_THRESHOLDS.to_vec()),
-        hard: body.hard.unwrap_or(false),
-    };
+    let new = body.into_inner().parse()?;
     let store = state.ledger.store();
     let now = store.clock().now();
     let plan = store

@@ -29,7 +29,7 @@ fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
 }
 
 /// The longest role or name of a chat message, in characters.
-const CHAT_LABEL_MAX_CHARS: usize = 64;
+pub(crate) const CHAT_LABEL_MAX_CHARS: usize = 64;
 
 /// One chat message, as sent to a chat-completions API.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -132,20 +132,20 @@ pub enum EstimateRequest {
 
 /// What is counted.
 #[derive(Debug)]
-enum Prompt {
+pub(crate) enum Prompt {
     Text(String),
     Chat(Vec<ChatMessage>),
 }
 
 /// A request, parsed.
 #[derive(Debug)]
-struct Estimate {
-    org_id: Option<String>,
-    model: String,
-    prompt: Prompt,
-    expected_output_tokens: u64,
-    cached_input_tokens: u64,
-    at: Option<String>,
+pub(crate) struct Estimate {
+    pub(crate) org_id: Option<String>,
+    pub(crate) model: String,
+    pub(crate) prompt: Prompt,
+    pub(crate) expected_output_tokens: u64,
+    pub(crate) cached_input_tokens: u64,
+    pub(crate) at: Option<String>,
 }
 
 fn malformed(error: &serde_json::Error) -> actix_web::Error {
@@ -154,7 +154,7 @@ fn malformed(error: &serde_json::Error) -> actix_web::Error {
 
 impl Estimate {
     /// The body's variant is chosen by which of `prompt` and `messages` it has.
-    fn parse(body: Map<String, Value>) -> Result<Self, actix_web::Error> {
+    pub(crate) fn parse(body: Map<String, Value>) -> Result<Self, actix_web::Error> {
         let (prompt, messages) = (body.contains_key("prompt"), body.contains_key("messages"));
         let estimate = match (prompt, messages) {
             (true, true) => {

@@ -647,7 +647,7 @@ pub enum TransferRequest {
 
 /// The longest transfer metadata the API takes, in characters: at four bytes each at most,
 /// within the ledger's 512 bytes.
-const METADATA_MAX_CHARS: usize = 128;
+pub(crate) const METADATA_MAX_CHARS: usize = 128;
 
 /// The parts of a movement as a request names them.
 struct MovementText<'a> {
@@ -659,7 +659,7 @@ struct MovementText<'a> {
 }
 
 impl TransferRequest {
-    fn parse(&self, index: usize) -> Result<Transfer, actix_web::Error> {
+    pub(crate) fn parse(&self, index: usize) -> Result<Transfer, actix_web::Error> {
         let field = |name: &str| format!("transfers[{index}].{name}");
         let movement = |m: MovementText<'_>| -> Result<Movement, actix_web::Error> {
             let debit = body_id(
@@ -771,7 +771,7 @@ impl TransferRequest {
 #[serde(deny_unknown_fields)]
 pub struct TransferBatch {
     #[schema(min_items = 1, max_items = 8190)]
-    transfers: Vec<TransferRequest>,
+    pub(crate) transfers: Vec<TransferRequest>,
 }
 
 /// One transfer's outcome.

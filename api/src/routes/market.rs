@@ -186,7 +186,7 @@ pub enum CurveBody {
 }
 
 impl CurveBody {
-    fn parse(&self, field: &str) -> Result<DecayCurve, actix_web::Error> {
+    pub(crate) fn parse(&self, field: &str) -> Result<DecayCurve, actix_web::Error> {
         let floor_of =
             |raw: &str| input::decimal(&format!("{field}.floor"), raw, input::is_fraction(raw));
         let curve = match self {
@@ -1198,6 +1198,32 @@ pub struct ListingBody {
     auto_sell_at: Option<String>,
 }
 
+impl ListingBody {
+    /// The listing request this body asks for, its fields checked; `id` is the request's own.
+    pub(crate) fn parse(&self, id: Uuid, seller: OrgId) -> Result<ListRequest, actix_web::Error> {
+        let asset = asset_of_body(&self.asset)?;
+        in_range("quantity", self.quantity, 1..=QUANTITY_MAX)?;
+        in_range("ask_per_1m_micro_cr", self.ask_per_1m_micro_cr, 1..=ASK_MAX)?;
+        if let Some(min_fill) = self.min_fill {
+            in_range("min_fill", min_fill, 1..=self.quantity)?;
+        }
+        let auto_sell_at = self
+            .auto_sell_at
+            .as_deref()
+            .map(|raw| input::instant("auto_sell_at", raw))
+            .transpose()?;
+        Ok(ListRequest {
+            id,
+            seller,
+            asset,
+            quantity: self.quantity,
+            ask_per_1m_micro_cr: self.ask_per_1m_micro_cr,
+            min_fill: self.min_fill,
+            auto_sell_at,
+        })
+    }
+}
+
 fn listing_location(org: OrgId, id: Uuid) -> String {
     format!("/v1/orgs/{org}/listings/{id}")
 }
@@ -1239,31 +1265,9 @@ pub async fn create_listing(
 ) -> Result<HttpResponse, actix_web::Error> {
     let org = access.org;
     let body_in: ListingBody = json_body(&req, &body)?;
-    let asset = asset_of_body(&body_in.asset)?;
-    in_range("quantity", body_in.quantity, 1..=QUANTITY_MAX)?;
-    in_range(
-        "ask_per_1m_micro_cr",
-        body_in.ask_per_1m_micro_cr,
-        1..=ASK_MAX,
-    )?;
-    if let Some(min_fill) = body_in.min_fill {
-        in_range("min_fill", min_fill, 1..=body_in.quantity)?;
-    }
-    let auto_sell_at = body_in
-        .auto_sell_at
-        .as_deref()
-        .map(|raw| input::instant("auto_sell_at", raw))
-        .transpose()?;
     let scope = org.to_string();
-    let request = ListRequest {
-        id: key.transfer_id(&format!("{scope}/listing"), 0).as_uuid(),
-        seller: org,
-        asset,
-        quantity: body_in.quantity,
-        ask_per_1m_micro_cr: body_in.ask_per_1m_micro_cr,
-        min_fill: body_in.min_fill,
-        auto_sell_at,
-    };
+    let id = key.transfer_id(&format!("{scope}/listing"), 0).as_uuid();
+    let request = body_in.parse(id, org)?;
     market_write(state, org, &req, &body, &key, |state| async move {
         let record = state.market.list(&request).await.map_err(market_error)?;
         Ok(Answer {
@@ -1526,6 +1530,35 @@ pub struct OrderBody {
     allow_provider_fill: bool,
 }
 
+impl OrderBody {
+    /// The buy request this body asks for, its fields checked; `id` is the request's own.
+    pub(crate) fn parse(&self, id: Uuid, buyer: OrgId) -> Result<BuyRequest, actix_web::Error> {
+        let asset = asset_of_body(&self.asset)?;
+        in_range("quantity", self.quantity, 1..=QUANTITY_MAX)?;
+        let limit = match self.limit {
+            None => Limit::PricePer1m(ASK_MAX),
+            Some(LimitBody::Price { per_1m_micro_cr }) => Limit::PricePer1m(in_range(
+                "limit.per_1m_micro_cr",
+                per_1m_micro_cr,
+                0..=ASK_MAX,
+            )?),
+            Some(LimitBody::Total { micro_cr }) => Limit::MaxTotal(in_range(
+                "limit.micro_cr",
+                micro_cr,
+                1..=credex_ledger::AMOUNT_MAX,
+            )?),
+        };
+        Ok(BuyRequest {
+            id,
+            buyer,
+            asset,
+            quantity: self.quantity,
+            limit,
+            allow_provider_fill: self.allow_provider_fill,
+        })
+    }
+}
+
 /// One fill of an order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FillView {
@@ -1632,30 +1665,10 @@ pub async fn create_order(
 ) -> Result<HttpResponse, actix_web::Error> {
     let org = access.org;
     let order: OrderBody = json_body(&req, &body)?;
-    let asset = asset_of_body(&order.asset)?;
-    in_range("quantity", order.quantity, 1..=QUANTITY_MAX)?;
-    let limit = match order.limit {
-        None => Limit::PricePer1m(ASK_MAX),
-        Some(LimitBody::Price { per_1m_micro_cr }) => Limit::PricePer1m(in_range(
-            "limit.per_1m_micro_cr",
-            per_1m_micro_cr,
-            0..=ASK_MAX,
-        )?),
-        Some(LimitBody::Total { micro_cr }) => Limit::MaxTotal(in_range(
-            "limit.micro_cr",
-            micro_cr,
-            1..=credex_ledger::AMOUNT_MAX,
-        )?),
-    };
     let scope = org.to_string();
-    let request = BuyRequest {
-        id: key.transfer_id(&format!("{scope}/order"), 0).as_uuid(),
-        buyer: org,
-        asset: asset.clone(),
-        quantity: order.quantity,
-        limit,
-        allow_provider_fill: order.allow_provider_fill,
-    };
+    let id = key.transfer_id(&format!("{scope}/order"), 0).as_uuid();
+    let request = order.parse(id, org)?;
+    let asset = request.asset.clone();
     market_write(state, org, &req, &body, &key, |state| async move {
         let result = state.market.buy(&request).await.map_err(market_error)?;
         let view = order_view(&asset, &result, result.created_at);

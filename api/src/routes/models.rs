@@ -647,7 +647,11 @@ fn rates(
 
 impl PriceRequest {
     /// The dated price, taking effect now or later. `field` prefixes field names in errors.
-    fn parse(&self, field: &str, now: Timestamp) -> Result<DatedPrice, actix_web::Error> {
+    pub(crate) fn parse(
+        &self,
+        field: &str,
+        now: Timestamp,
+    ) -> Result<DatedPrice, actix_web::Error> {
         let named = |name: &str| format!("{field}{name}");
         let base = rates(
             field,

@@ -167,7 +167,7 @@ fn view(record: &ReservationRecord, now: Timestamp) -> ReservationView {
     }
 }
 
-fn parse_request(
+pub(crate) fn parse_request(
     body: ReservationBody,
     caller_key: Option<Uuid>,
 ) -> Result<ReservationRequest, actix_web::Error> {

@@ -19,7 +19,7 @@ use crate::usage::{RecordedUsage, UsageError, UsageEvent, LABEL_MAX, METADATA_MA
 use crate::views::{csv_field, rfc3339};
 
 /// How far ahead of the server's clock an event may be stamped (clocks drift).
-const FUTURE_SKEW_MICROS: i64 = 300_000_000;
+pub(crate) const FUTURE_SKEW_MICROS: i64 = 300_000_000;
 /// The largest body: 1,000 events with their metadata.
 pub const USAGE_BODY_MAX: usize = 8 << 20;
 
@@ -33,7 +33,7 @@ fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
 pub struct UsageBody {
     /// 1 to 1,000 events, each with an id not used twice in the batch.
     #[schema(min_items = 1, max_items = 1000)]
-    events: Vec<UsageEventBody>,
+    pub(crate) events: Vec<UsageEventBody>,
 }
 
 /// One model call.
