@@ -521,25 +521,11 @@ pub fn day_key(day: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The sums of one rollup row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct RollupSums {
-    pub(crate) events: u64,
-    pub(crate) input_tokens: u64,
-    pub(crate) cached_input_tokens: u64,
-    pub(crate) cache_write_tokens: u64,
-    pub(crate) output_tokens: u64,
-    pub(crate) cost_micro_cr: u64,
-    pub(crate) from_acquired: u64,
-    pub(crate) from_alloc: u64,
-    pub(crate) from_wallet_micro_cr: u64,
-}
-
 /// The rollup rows `records` add to, keyed by (org, dimension, day, key), in key order (the
 /// order they are written in, so concurrent writers meet rows in the same order).
 pub(crate) fn rollup_deltas(
     records: &[UsageRecord],
-) -> std::collections::BTreeMap<(Uuid, &'static str, i64, String), RollupSums> {
+) -> std::collections::BTreeMap<(Uuid, &'static str, i64, String), UsageTotal> {
     let mut rows = std::collections::BTreeMap::new();
     for record in records {
         let day = day_start(record.occurred_at.as_micros());
@@ -553,19 +539,12 @@ pub(crate) fn rollup_deltas(
             ("api_key", uuid_text(record.api_key)),
             ("task", record.task.clone().unwrap_or_default()),
         ];
+        let call = UsageTotal::of_call(record);
         for (dimension, key) in keys {
-            let sums: &mut RollupSums = rows
+            let sums: &mut UsageTotal = rows
                 .entry((record.org.as_uuid(), dimension, day, key))
                 .or_default();
-            sums.events += 1;
-            sums.input_tokens += record.input_tokens;
-            sums.cached_input_tokens += record.cached_input_tokens;
-            sums.cache_write_tokens += record.cache_write_tokens;
-            sums.output_tokens += record.output_tokens;
-            sums.cost_micro_cr += record.cost_micro_cr;
-            sums.from_acquired += record.from_acquired;
-            sums.from_alloc += record.from_alloc;
-            sums.from_wallet_micro_cr += record.from_wallet_micro_cr;
+            sums.add(&call);
         }
     }
     rows
@@ -594,17 +573,51 @@ pub(crate) fn rollup_dimension(group: UsageGroup, filter: &UsageFilter) -> Optio
     }
 }
 
-/// Adds `other`'s counts to `total`.
-pub(crate) fn add_total(total: &mut UsageTotal, other: &UsageTotal) {
-    total.events += other.events;
-    total.input_tokens += other.input_tokens;
-    total.cached_input_tokens += other.cached_input_tokens;
-    total.cache_write_tokens += other.cache_write_tokens;
-    total.output_tokens += other.output_tokens;
-    total.cost_micro_cr += other.cost_micro_cr;
-    total.from_acquired += other.from_acquired;
-    total.from_alloc += other.from_alloc;
-    total.from_wallet_micro_cr += other.from_wallet_micro_cr;
+impl UsageTotal {
+    /// One call's counts, without a key.
+    pub(crate) fn of_call(record: &UsageRecord) -> Self {
+        Self {
+            key: None,
+            events: 1,
+            input_tokens: record.input_tokens,
+            cached_input_tokens: record.cached_input_tokens,
+            cache_write_tokens: record.cache_write_tokens,
+            output_tokens: record.output_tokens,
+            cost_micro_cr: record.cost_micro_cr,
+            from_acquired: record.from_acquired,
+            from_alloc: record.from_alloc,
+            from_wallet_micro_cr: record.from_wallet_micro_cr,
+        }
+    }
+
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.events += other.events;
+        self.input_tokens += other.input_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cost_micro_cr += other.cost_micro_cr;
+        self.from_acquired += other.from_acquired;
+        self.from_alloc += other.from_alloc;
+        self.from_wallet_micro_cr += other.from_wallet_micro_cr;
+    }
+
+    /// The token and money counts as the database stores them (`BIGINT`), in column order
+    /// from `input_tokens` to `from_wallet_micro_cr`; the event count is apart.
+    pub(crate) fn stored_counts(&self) -> Result<[i64; 8], StoreError> {
+        use crate::market::signed;
+        Ok([
+            signed(self.input_tokens)?,
+            signed(self.cached_input_tokens)?,
+            signed(self.cache_write_tokens)?,
+            signed(self.output_tokens)?,
+            signed(self.cost_micro_cr)?,
+            signed(self.from_acquired)?,
+            signed(self.from_alloc)?,
+            signed(self.from_wallet_micro_cr)?,
+        ])
+    }
 }
 
 /// Totals in the order the API answers them: costliest first, then by key (none first).
@@ -755,17 +768,7 @@ macro_rules! shared_usage {
                 for chunk in records.chunks(INSERT_ROWS_MAX) {
                     let mut rows = Vec::with_capacity(chunk.len());
                     for record in chunk {
-                        let counts = [
-                            signed(record.input_tokens)?,
-                            signed(record.cached_input_tokens)?,
-                            signed(record.cache_write_tokens)?,
-                            signed(record.output_tokens)?,
-                            signed(record.cost_micro_cr)?,
-                            signed(record.from_acquired)?,
-                            signed(record.from_alloc)?,
-                            signed(record.from_wallet_micro_cr)?,
-                        ];
-                        rows.push((record, counts));
+                        rows.push((record, UsageTotal::of_call(record).stored_counts()?));
                     }
                     let mut query = sqlx::QueryBuilder::<$db>::new(format!(
                         "INSERT INTO usage_events ({COLUMNS}) "
@@ -809,24 +812,15 @@ macro_rules! shared_usage {
                     );
                     let mut values = Vec::with_capacity(chunk.len());
                     for ((org, dimension, day, key), sums) in chunk {
-                        let counts = [
-                            signed(sums.events)?,
-                            signed(sums.input_tokens)?,
-                            signed(sums.cached_input_tokens)?,
-                            signed(sums.cache_write_tokens)?,
-                            signed(sums.output_tokens)?,
-                            signed(sums.cost_micro_cr)?,
-                            signed(sums.from_acquired)?,
-                            signed(sums.from_alloc)?,
-                            signed(sums.from_wallet_micro_cr)?,
-                        ];
-                        values.push((*org, *dimension, *day, key.clone(), counts));
+                        let counts = sums.stored_counts()?;
+                        values.push((*org, *dimension, *day, key.clone(), signed(sums.events)?, counts));
                     }
-                    query.push_values(values, |mut row, (org, dimension, day, key, counts)| {
+                    query.push_values(values, |mut row, (org, dimension, day, key, events, counts)| {
                         row.push_bind(org)
                             .push_bind(dimension)
                             .push_bind(day)
-                            .push_bind(key);
+                            .push_bind(key)
+                            .push_bind(events);
                         for count in counts {
                             row.push_bind(count);
                         }
@@ -1834,7 +1828,7 @@ macro_rules! shared_usage {
                         .usage_totals_of_rollups(org, dimension, group, first_day, end_day)
                         .await?
                     {
-                        crate::usage::add_total(totals.entry(total.key.clone()).or_default(), &total);
+                        totals.entry(total.key.clone()).or_default().add(&total);
                     }
                     for (edge_from, edge_to) in [(from, first_day), (end_day, to)] {
                         if edge_from >= edge_to {
@@ -1846,7 +1840,7 @@ macro_rules! shared_usage {
                             ..UsageFilter::default()
                         };
                         for total in self.usage_totals_of_calls(org, &edge, group, i64::MAX).await? {
-                            crate::usage::add_total(totals.entry(total.key.clone()).or_default(), &total);
+                            totals.entry(total.key.clone()).or_default().add(&total);
                         }
                     }
                     let mut totals: Vec<UsageTotal> = totals
