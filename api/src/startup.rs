@@ -129,6 +129,7 @@ pub async fn assemble(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
         auth: web::Data::new(Authenticator {
             store: store.clone(),
             sessions: Sessions::new(keys, store.clock().clone()),
+            keys: Arc::default(),
         }),
         metrics: web::Data::new(observed(&ledger, &usage, &delivery)),
         limits: web::Data::new(RateLimits::default()),

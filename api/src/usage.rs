@@ -36,6 +36,7 @@ use crate::market::AccountBook;
 use crate::problem::ApiError;
 
 mod group;
+mod memo;
 pub mod reservations;
 
 /// How long each plan keeps its per-call history (the seed's tiers: 7 days on Free, 90 on
@@ -68,6 +69,9 @@ pub const METADATA_MAX: usize = 4_096;
 /// How many times a batch is decided again when a balance fell under it (another writer spent
 /// it between the read and the ledger's decision).
 const REFUSED_RETRIES: u32 = 3;
+/// How many times a request is prepared again from fresh reads when what it was prepared from
+/// changed before its decision (see `memo`).
+const STALE_RETRIES: u32 = 3;
 
 /// One model call, as reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +191,13 @@ pub enum UsageError {
     ReservationMismatch { id: Uuid, what: String },
     #[error("no such org")]
     NoOrg,
+    /// The request's API key was revoked before its charge was decided.
+    #[error("the API key is not valid")]
+    KeyRevoked,
+    /// The prices, budgets or accounts the charge was prepared from changed before it was
+    /// decided (see `memo`); the service prepares it again, [`STALE_RETRIES`] times.
+    #[error("prices, budgets or accounts kept changing while the charge was decided; try again")]
+    Stale,
     #[error("the ledger refused a charge: {0:?}")]
     Ledger(TransferError),
     #[error(transparent)]
@@ -226,13 +237,54 @@ struct Priced {
     accounts: EventAccounts,
 }
 
+impl Priced {
+    /// The event as recorded at `now` by `chain`, which took `[acquired tokens, alloc tokens,
+    /// wallet µCR]` for it.
+    fn record(
+        &self,
+        org: OrgId,
+        now: Timestamp,
+        took: [u64; 3],
+        chain: &[Transfer],
+    ) -> UsageRecord {
+        let [from_acquired, from_alloc, from_wallet_micro_cr] = took;
+        let tokens = &self.event.tokens;
+        UsageRecord {
+            org,
+            id: self.event.id,
+            model: self.model.clone(),
+            class: self.class.clone(),
+            asset: self.asset.to_string(),
+            input_tokens: tokens.input(),
+            cached_input_tokens: tokens.cached_input(),
+            cache_write_tokens: tokens.cache_write(),
+            output_tokens: tokens.output(),
+            cost_micro_cr: self.cost_micro_cr,
+            from_acquired,
+            from_alloc,
+            from_wallet_micro_cr,
+            price_source: self.source.to_owned(),
+            occurred_at: self.event.at,
+            recorded_at: now,
+            user: self.event.user,
+            api_key: self.event.api_key,
+            task: self.event.task.clone(),
+            conversation: self.event.conversation.clone(),
+            metadata: self.event.metadata.clone(),
+            fingerprint: self.fingerprint,
+            transfer_ids: chain.iter().map(Transfer::id).collect(),
+        }
+    }
+}
+
 /// What this process recorded since it started, for `/metrics`: per model class, calls and
 /// tokens and cost charged; refusals by reason; budget thresholds crossed.
 #[derive(Debug, Default, Clone)]
 pub struct UsageCounts {
     /// By class: (calls, [input, cached input, cache write, output] tokens, µCR).
     pub by_class: std::collections::BTreeMap<String, (u64, [u64; 4], u64)>,
-    /// By reason (`insufficient_funds`, `budget_exceeded`, `conflict`, `invalid`).
+    /// By reason (`insufficient_funds`, `budget_exceeded`, `conflict`, `invalid`,
+    /// `unauthenticated`, `error`).
     pub refused: std::collections::BTreeMap<&'static str, u64>,
     pub budget_alerts: u64,
 }
@@ -289,6 +341,7 @@ pub struct Usage {
     accounts: AccountBook,
     counts: std::sync::Mutex<UsageCounts>,
     groups: group::Groups,
+    memos: memo::Memos,
 }
 
 impl Usage {
@@ -298,6 +351,7 @@ impl Usage {
             face,
             accounts: AccountBook::default(),
             counts: std::sync::Mutex::default(),
+            memos: memo::Memos::default(),
             groups: group::Groups::default(),
         }
     }
@@ -347,7 +401,8 @@ impl Usage {
                     }
                     UsageError::BudgetExceeded { .. } => "budget_exceeded",
                     UsageError::Conflict { .. } | UsageError::Ledger(_) => "conflict",
-                    UsageError::Store(_) => "error",
+                    UsageError::Store(_) | UsageError::Stale => "error",
+                    UsageError::KeyRevoked => "unauthenticated",
                     _ => "invalid",
                 };
                 *counts.refused.entry(reason).or_default() += 1;
@@ -365,8 +420,30 @@ impl Usage {
         org: OrgId,
         events: Vec<UsageEvent>,
     ) -> Result<Vec<RecordedUsage>, UsageError> {
+        self.record_as(org, None, events).await
+    }
+
+    /// [`Usage::record`] for a request made with API key `key` (when `Some`), refused
+    /// ([`UsageError::KeyRevoked`]) if the key is revoked by the charge's transaction.
+    pub async fn record_as(
+        &self,
+        org: OrgId,
+        key: Option<Uuid>,
+        events: Vec<UsageEvent>,
+    ) -> Result<Vec<RecordedUsage>, UsageError> {
         let mut alerts = 0;
-        let outcome = self.record_batch(org, events, &mut alerts).await;
+        let mut fresh = false;
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            match self
+                .record_batch(org, key, events.clone(), fresh, &mut alerts)
+                .await
+            {
+                Err(UsageError::Stale) if tries <= STALE_RETRIES => fresh = true,
+                outcome => break outcome,
+            }
+        };
         self.count(outcome.as_deref(), alerts);
         outcome
     }
@@ -374,16 +451,20 @@ impl Usage {
     async fn record_batch(
         &self,
         org: OrgId,
+        key: Option<Uuid>,
         events: Vec<UsageEvent>,
+        fresh: bool,
         alerts: &mut u64,
     ) -> Result<Vec<RecordedUsage>, UsageError> {
         check_batch(&events)?;
-        // The org's budgets and the events' prices are read side by side.
-        let (budgets, priced) = tokio::join!(self.budgets(org), self.price(org, events));
+        let memo = self.memos.of(self.store(), org, fresh).await?;
+        // The org's budgets and the events' prices are read side by side (when not in memory).
+        let (budgets, priced) =
+            tokio::join!(self.budgets(&memo, org), self.price(&memo, org, events));
         let (budgets, mut priced) = (budgets?, priced?);
         count_in(&budgets, &mut priced);
         let ids = priced.iter().map(|p| p.event.id).collect();
-        let reads = reads_for(&priced, &budgets, ids, Vec::new());
+        let reads = reads_for(&memo, key, &priced, &budgets, ids, Vec::new());
         let prepared = group::Prepared {
             org,
             priced,
@@ -399,15 +480,26 @@ impl Usage {
         Ok(recorded)
     }
 
-    /// The org's budgets, parsed.
-    async fn budgets(&self, org: OrgId) -> Result<Vec<Budget>, UsageError> {
-        self.store()
-            .budgets_of(org)
-            .await?
-            .iter()
-            .map(Budget::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)
+    /// The org's budgets, parsed (from its memo when there).
+    async fn budgets(
+        &self,
+        memo: &memo::OrgMemo,
+        org: OrgId,
+    ) -> Result<Arc<Vec<Budget>>, UsageError> {
+        if let Some(budgets) = memo.budgets() {
+            return Ok(budgets);
+        }
+        let budgets = Arc::new(
+            self.store()
+                .budgets_of(org)
+                .await?
+                .iter()
+                .map(Budget::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?,
+        );
+        memo.keep_budgets(Arc::clone(&budgets));
+        Ok(budgets)
     }
 
     /// How this process's small usage requests were committed, since it started.
@@ -427,14 +519,16 @@ impl Usage {
 
     /// Prices every event at its instant (each model's schedules read once per batch) and
     /// finds the accounts it may draw on.
-    async fn price(&self, org: OrgId, events: Vec<UsageEvent>) -> Result<Vec<Priced>, UsageError> {
-        let mut models: HashMap<String, ModelPrices> = HashMap::new();
+    async fn price(
+        &self,
+        memo: &memo::OrgMemo,
+        org: OrgId,
+        events: Vec<UsageEvent>,
+    ) -> Result<Vec<Priced>, UsageError> {
+        let mut models: HashMap<String, Arc<ModelPrices>> = HashMap::new();
         let mut token_accounts: HashMap<AssetCode, EventAccounts> = HashMap::new();
         let credit = AssetCode::credit();
-        let wallet = self
-            .accounts
-            .find(&self.ledger, &credit, Owner::Org(org), AccountKind::Wallet)
-            .await?;
+        let wallet = self.find(memo, &credit, org, AccountKind::Wallet).await?;
         let credit_spent = self
             .accounts
             .get(&self.ledger, &credit, Owner::Provider, AccountKind::Spent)
@@ -454,9 +548,18 @@ impl Usage {
             let prices = match models.get(&event.model) {
                 Some(prices) => prices,
                 None => {
-                    let prices = catalog::model_prices(self.store(), Some(org), &event.model)
-                        .await
-                        .map_err(|error| UsageError::Price { index, error })?;
+                    let prices = match memo.prices(&event.model) {
+                        Some(prices) => prices,
+                        None => {
+                            let prices = Arc::new(
+                                catalog::model_prices(self.store(), Some(org), &event.model)
+                                    .await
+                                    .map_err(|error| UsageError::Price { index, error })?,
+                            );
+                            memo.keep_prices(&event.model, Arc::clone(&prices));
+                            prices
+                        }
+                    };
                     models.entry(event.model.clone()).or_insert(prices)
                 }
             };
@@ -475,7 +578,7 @@ impl Usage {
                 Some(accounts) => *accounts,
                 None => {
                     let accounts = self
-                        .event_accounts(org, &asset, wallet, credit_accounts)
+                        .event_accounts(memo, org, &asset, wallet, credit_accounts)
                         .await?;
                     token_accounts.insert(asset.clone(), accounts);
                     accounts
@@ -496,19 +599,38 @@ impl Usage {
         Ok(priced)
     }
 
+    /// The org's account if it exists: found ones are remembered for good, missing ones in
+    /// the org's memo (checked by version in the charge's transaction).
+    async fn find(
+        &self,
+        memo: &memo::OrgMemo,
+        asset: &AssetCode,
+        org: OrgId,
+        kind: AccountKind,
+    ) -> Result<Option<AccountId>, UsageError> {
+        if memo.is_absent(asset, kind) {
+            return Ok(None);
+        }
+        let found = self
+            .accounts
+            .find(&self.ledger, asset, Owner::Org(org), kind)
+            .await?;
+        if found.is_none() {
+            memo.keep_absent(asset, kind);
+        }
+        Ok(found)
+    }
+
     async fn event_accounts(
         &self,
+        memo: &memo::OrgMemo,
         org: OrgId,
         asset: &AssetCode,
         wallet: Option<AccountId>,
         (credit_spent, credit_issuance): (AccountId, AccountId),
     ) -> Result<EventAccounts, UsageError> {
-        let find = |kind| {
-            self.accounts
-                .find(&self.ledger, asset, Owner::Org(org), kind)
-        };
-        let acquired = find(AccountKind::Acquired).await?;
-        let alloc = find(AccountKind::Alloc).await?;
+        let acquired = self.find(memo, asset, org, AccountKind::Acquired).await?;
+        let alloc = self.find(memo, asset, org, AccountKind::Alloc).await?;
         let token_spent = if acquired.is_some() || alloc.is_some() {
             Some(
                 self.accounts
@@ -667,31 +789,12 @@ fn plan(
         drawn += short;
         let from_wallet = needed;
         let chain = chain(org, p, from_acquired, from_alloc, from_wallet, short)?;
-        let record = UsageRecord {
+        let record = p.record(
             org,
-            id,
-            model: p.model.clone(),
-            class: p.class.clone(),
-            asset: p.asset.to_string(),
-            input_tokens: p.event.tokens.input(),
-            cached_input_tokens: p.event.tokens.cached_input(),
-            cache_write_tokens: p.event.tokens.cache_write(),
-            output_tokens: p.event.tokens.output(),
-            cost_micro_cr: p.cost_micro_cr,
-            from_acquired,
-            from_alloc,
-            from_wallet_micro_cr: from_wallet,
-            price_source: p.source.to_owned(),
-            occurred_at: p.event.at,
-            recorded_at: view.now,
-            user: p.event.user,
-            api_key: p.event.api_key,
-            task: p.event.task.clone(),
-            conversation: p.event.conversation.clone(),
-            metadata: p.event.metadata.clone(),
-            fingerprint: p.fingerprint,
-            transfer_ids: chain.iter().map(Transfer::id).collect(),
-        };
+            view.now,
+            [from_acquired, from_alloc, from_wallet],
+            &chain,
+        );
         write.chains.push(chain);
         write.records.push(record.clone());
         answers.push(RecordedUsage {
@@ -724,6 +827,8 @@ fn count_in(budgets: &[Budget], priced: &mut [Priced]) {
 /// periods of the budgets they count in, the `events` that may be recorded already and the
 /// `reservations` that may exist.
 fn reads_for(
+    memo: &memo::OrgMemo,
+    key: Option<Uuid>,
     priced: &[Priced],
     budgets: &[Budget],
     events: Vec<Uuid>,
@@ -748,6 +853,8 @@ fn reads_for(
         balances,
         spend,
         reservations,
+        versions: Some(memo.versions()),
+        key,
     }
 }
 
@@ -783,6 +890,8 @@ async fn run<T: Send>(
         };
         match outcome {
             UsageTxOutcome::NoOrg => return Err(UsageError::NoOrg),
+            UsageTxOutcome::Stale => return Err(UsageError::Stale),
+            UsageTxOutcome::KeyRevoked => return Err(UsageError::KeyRevoked),
             UsageTxOutcome::Stopped | UsageTxOutcome::Committed => {
                 return decided.unwrap_or_else(|| Err(corrupt("a usage decision ended undecided")))
             }

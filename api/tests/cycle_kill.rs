@@ -40,6 +40,9 @@
 //! key. Both books balance (`check`), and the reference is checked to have done the work:
 //! no listing open, nothing left to expire but the held tokens.
 //!
+//! `usage_versions` is left out: it counts changes (the accounts made among them) so that
+//! usage charging may keep what it reads in memory; it is no part of the books.
+//!
 //! A close that expired an account twice after a restart, skipped one, cancelled a listing
 //! twice, lost a listing's state, or failed to mark the cycle closed makes the two dumps differ.
 
@@ -673,6 +676,10 @@ const SPECIAL: [&str; 9] = [
     "cycle_allotments",
 ];
 
+/// Tables not compared: `usage_versions` counts changes for the usage memos' sake (one per
+/// account made, among others), and the current cycle's accounts are left out above.
+const LEFT_OUT: [&str; 1] = ["usage_versions"];
+
 async fn dump(backend: Backend, url: &str, fixture: &Fixture) -> Dump {
     let mut db = Db::open(backend, url).await;
     let cycle = fixture.cycle;
@@ -783,7 +790,7 @@ async fn dump(backend: Backend, url: &str, fixture: &Fixture) -> Dump {
         ),
     ));
     for table in db.tables().await {
-        if SPECIAL.contains(&table.as_str()) {
+        if SPECIAL.contains(&table.as_str()) || LEFT_OUT.contains(&table.as_str()) {
             continue;
         }
         let columns = db.columns(&table).await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::usage_world::{add_budget, budget, event, face, world, ALLOT, CREDITS, DAY};
+use common::usage_world::{add_budget, budget, event, face, world, ALLOT, CREDITS, DAY, MODEL};
 use credex_api::budgets::{Budget, Scope};
 use credex_api::market::{BuyRequest, FraudPolicy, Market};
 use credex_api::usage::{Usage, UsageError, UsageEvent};
@@ -845,6 +845,119 @@ async fn rollups_agree_with_the_calls(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// What charging keeps in memory (prices, budgets, which accounts exist) never outlives a
+/// change made elsewhere: here every change goes through the store behind the service's back,
+/// as another process's would, and the next charge sees it (the usage transaction compares the
+/// versions the memory was read at; migration `0015`'s triggers bump them).
+async fn what_charging_keeps_in_memory_never_outlives_a_change(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    let store = w.store().clone();
+    let cost = |recorded: &[credex_api::usage::RecordedUsage]| recorded[0].record.cost_micro_cr;
+    // 1,000 input tokens at the catalog's $2 per 1M; the org's `acquired` is missing.
+    let first = w
+        .record(org, vec![event(1_000, 0, w.now())])
+        .await
+        .expect("recorded");
+    assert_eq!((cost(&first), first[0].record.from_acquired), (2_000, 0));
+
+    // A new catalog price, in force from the next second.
+    let price = |input: &str| credex_store::PriceRecord {
+        effective_from: w.now().plus_seconds(1),
+        price: format!(
+            r#"{{"input":"{input}","cached_input":"{input}","cache_write":"{input}","output":"10"}}"#
+        ),
+        recorded_at: w.now(),
+        recorded_by: None,
+    };
+    store
+        .put_price(
+            MODEL,
+            credex_store::PriceScope::Catalog,
+            &price("4"),
+            w.now(),
+            &audit("models.price"),
+        )
+        .await
+        .expect("a catalog price");
+    w.clock.set(w.now().plus_seconds(2));
+    let second = w
+        .record(org, vec![event(1_000, 0, w.now())])
+        .await
+        .expect("recorded");
+    assert_eq!(cost(&second), 4_000, "the new catalog price");
+
+    // The org's custom price wins over it.
+    store
+        .put_price(
+            MODEL,
+            credex_store::PriceScope::Org(org),
+            &price("1"),
+            w.now(),
+            &audit("models.org_price"),
+        )
+        .await
+        .expect("a custom price");
+    w.clock.set(w.now().plus_seconds(2));
+    let third = w
+        .record(org, vec![event(1_000, 0, w.now())])
+        .await
+        .expect("recorded");
+    assert_eq!(
+        (cost(&third), third[0].record.price_source.as_str()),
+        (1_000, "org"),
+        "the new custom price"
+    );
+
+    // Tokens bought make the org's `acquired`: the next call draws on it.
+    let market = Market::new(w.ledger.clone(), FraudPolicy::default());
+    market
+        .buy(&BuyRequest {
+            id: Uuid::new_v4(),
+            buyer: org,
+            asset: w.asset.clone(),
+            quantity: 10_000,
+            limit: Limit::PricePer1m(10_000_000),
+            allow_provider_fill: true,
+        })
+        .await
+        .expect("a buy");
+    let fourth = w
+        .record(org, vec![event(1_000, 0, w.now())])
+        .await
+        .expect("recorded");
+    assert_eq!(fourth[0].record.from_acquired, 1_000, "the new account");
+
+    // A hard budget with room for less than one more call refuses it; deleted, it does not.
+    let hard = add_budget(&w, org, budget("tight", Scope::Org, 500, true)).await;
+    let refused = w.record(org, vec![event(1_000, 0, w.now())]).await;
+    assert!(
+        matches!(refused, Err(UsageError::BudgetExceeded { budget, .. }) if budget == hard.id()),
+        "{refused:?}"
+    );
+    assert!(store
+        .delete_budget(org, hard.id(), &audit("budgets.delete"))
+        .await
+        .expect("deleted"));
+    w.record(org, vec![event(1_000, 0, w.now())])
+        .await
+        .expect("the budget is gone");
+
+    // A second service (another process's memory) agrees throughout.
+    let other = Usage::new(w.ledger.clone(), face());
+    let fifth = other
+        .record(org, vec![event(1_000, 0, w.now())])
+        .await
+        .expect("recorded");
+    assert_eq!(
+        (cost(&fifth), fifth[0].record.from_acquired),
+        (1_000, 1_000)
+    );
+    assert_eq!(w.recorded(org).await, 6);
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
 on_both_backends!(
     rollups_agree_with_the_calls,
     a_group_is_all_or_nothing,
@@ -856,4 +969,5 @@ on_both_backends!(
     concurrent_charges_never_overdraw,
     a_hard_budget_is_never_overspent,
     budgets_count_their_scope_and_period,
+    what_charging_keeps_in_memory_never_outlives_a_change,
 );

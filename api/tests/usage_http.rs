@@ -563,6 +563,83 @@ async fn usage_through_http(db: &TestDb) {
         listed.body["reservations"].as_array().map(Vec::len),
         Some(1)
     );
+
+    // The key is authenticated from memory for usage writes (it was used just above), yet once
+    // revoked it is refused at once (401) by every usage write — the charge's transaction
+    // checks it — and changes nothing.
+    let pending = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e85", "model": "gpt-6-sol",
+        "input_tokens": 0, "output_tokens": 1_000, "timeout_seconds": 600, "task": "drafts"});
+    let held = call(
+        &service,
+        request("POST", &reservations, &key, Some(pending)),
+    )
+    .await;
+    expect(&held, StatusCode::CREATED, "held before the revocation");
+    let pending_uri = format!("{reservations}/0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e85");
+    let before = wallet().await;
+    let revoked = call(
+        &service,
+        request(
+            "DELETE",
+            &format!("/v1/orgs/{org}/api-keys/{key_id}"),
+            &alice,
+            None,
+        ),
+    )
+    .await;
+    expect(&revoked, StatusCode::NO_CONTENT, "revoked");
+    let late = json!({"events": [{"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e86",
+        "model": "gpt-6-sol", "input_tokens": 1_000, "output_tokens": 0}]});
+    let refused = call(&service, request("POST", &usage, &key, Some(late))).await;
+    expect(
+        &refused,
+        StatusCode::UNAUTHORIZED,
+        "usage with a revoked key",
+    );
+    assert_eq!(refused.body["status"], 401, "{}", refused.body);
+    let another = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e87", "model": "gpt-6-sol",
+        "input_tokens": 0, "output_tokens": 1_000, "timeout_seconds": 60});
+    let refused = call(
+        &service,
+        request("POST", &reservations, &key, Some(another)),
+    )
+    .await;
+    expect(
+        &refused,
+        StatusCode::UNAUTHORIZED,
+        "a hold with a revoked key",
+    );
+    let used = json!({"id": "0192f1de-3c4b-7a5e-8f60-1a2b3c4d5e88", "model": "gpt-6-sol",
+        "input_tokens": 0, "output_tokens": 500});
+    let refused = call(
+        &service,
+        request("POST", &format!("{pending_uri}/settle"), &key, Some(used)),
+    )
+    .await;
+    expect(
+        &refused,
+        StatusCode::UNAUTHORIZED,
+        "a settlement with a revoked key",
+    );
+    let refused = call(
+        &service,
+        request("POST", &format!("{pending_uri}/release"), &key, None),
+    )
+    .await;
+    expect(
+        &refused,
+        StatusCode::UNAUTHORIZED,
+        "a release with a revoked key",
+    );
+    assert_eq!(wallet().await, before, "nothing moved");
+    let read = call(&service, request("GET", &pending_uri, &alice, None)).await;
+    assert_eq!(read.body["state"], "pending", "{}", read.body);
+    let listed = call(&service, request("GET", &reservations, &alice, None)).await;
+    assert_eq!(
+        listed.body["reservations"].as_array().map(Vec::len),
+        Some(2),
+        "no hold was made with the revoked key"
+    );
     fixture.close().await;
 }
 

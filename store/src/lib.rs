@@ -86,8 +86,8 @@ pub use usage::{
     day_key, day_start, BudgetAlertRecord, BudgetRecord, NewReservation, Overdraft,
     RepaymentOutcome, ReservationRecord, ReservationResolution, ReservationState, UsageDecision,
     UsageFilter, UsageGroup, UsageGroupDecision, UsageGroupOutcome, UsageItemOutcome, UsageReads,
-    UsageRecord, UsageStep, UsageStore, UsageTotal, UsageTxOutcome, UsageView, UsageWrite,
-    DAY_MICROS, USAGE_BATCH_MAX, USAGE_GROUP_MAX, USAGE_PAGE_MAX,
+    UsageRecord, UsageStep, UsageStore, UsageTotal, UsageTxOutcome, UsageVersions, UsageView,
+    UsageWrite, DAY_MICROS, USAGE_BATCH_MAX, USAGE_GROUP_MAX, USAGE_PAGE_MAX,
 };
 
 /// How many stripes a hot (provider) account's balance is split into.

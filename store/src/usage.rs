@@ -283,6 +283,22 @@ pub struct UsageReads {
     /// Reservations that may exist (to create, replay, settle or release). What they hold is
     /// left out of [`UsageView::held`]: the decision replaces it.
     pub reservations: Vec<Uuid>,
+    /// The versions at which what the decision was prepared from (prices, budgets, which
+    /// accounts exist) was read before the transaction: when either has moved since, the
+    /// decision is not run (`Stale`). `None`: not checked.
+    pub versions: Option<UsageVersions>,
+    /// The API key the request came with: the part is `KeyRevoked` (its decision not run) when
+    /// the key is revoked, or gone, by the transaction. `None`: not checked.
+    pub key: Option<Uuid>,
+}
+
+/// The versions of what usage charging may keep in memory (migration `0015`): the catalog's
+/// (models, aliases, catalog prices) and the org's own (its custom prices, budgets and
+/// accounts). Each only grows, bumped in the transaction of every change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageVersions {
+    pub catalog: i64,
+    pub org: i64,
 }
 
 /// What a usage transaction read, handed to its decision.
@@ -341,6 +357,10 @@ pub enum UsageTxOutcome {
     Committed,
     /// The ledger refused a chain: nothing was written. Its answers, chain by chain.
     Refused { results: Vec<Vec<TransferResult>> },
+    /// The decision was prepared at older [`UsageVersions`]; it was not run.
+    Stale,
+    /// The request's API key ([`UsageReads::key`]) is revoked; the decision was not run.
+    KeyRevoked,
 }
 
 /// The decision of a usage transaction; called again from the start if the transaction is
@@ -356,6 +376,10 @@ pub enum UsageItemOutcome {
     Stopped,
     /// Its writes were committed with the group's.
     Written,
+    /// It was prepared at older [`UsageVersions`]; its decision was not run.
+    Stale,
+    /// Its API key ([`UsageReads::key`]) is revoked; its decision was not run.
+    KeyRevoked,
 }
 
 /// What a group usage transaction did.
@@ -395,6 +419,9 @@ pub trait UsageStore: Send + Sync {
         items: &[(OrgId, UsageReads)],
         decide: &mut UsageGroupDecision<'_>,
     ) -> Result<UsageGroupOutcome, StoreError>;
+
+    /// The catalog's and the org's [`UsageVersions`] now (read before what they version).
+    async fn usage_versions(&self, org: OrgId) -> Result<UsageVersions, StoreError>;
 
     /// An org's overdraft allowance (none for no such org).
     async fn overdraft(&self, org: OrgId) -> Result<Option<Overdraft>, StoreError>;
@@ -653,7 +680,7 @@ macro_rules! shared_usage {
                 ReservationResolution, ReservationState, UsageDecision, UsageGroupDecision,
                 UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord,
                 USAGE_GROUP_MAX,
-                UsageStep, UsageStore, UsageTxOutcome, UsageView, INSERT_ROWS_MAX,
+                UsageStep, UsageStore, UsageTxOutcome, UsageVersions, UsageView, INSERT_ROWS_MAX,
                 USAGE_BATCH_MAX, USAGE_PAGE_MAX,
             };
             use crate::StoreError;
@@ -723,6 +750,25 @@ macro_rules! shared_usage {
                 rows.iter()
                     .map(|row| record(row).map(|record| ((record.org.as_uuid(), record.id), record)))
                     .collect()
+            }
+
+            /// The API keys among `keys` that exist and are not revoked.
+            async fn live_keys(
+                conn: &mut Connection,
+                keys: &[Uuid],
+            ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+                if keys.is_empty() {
+                    return Ok(std::collections::HashSet::new());
+                }
+                let sql = format!(
+                    "SELECT id FROM api_keys WHERE {} AND revoked_at IS NULL",
+                    dialect::in_uuids("id")
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(dialect::uuid_list(keys))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter().map(|row| Ok(row.try_get::<Uuid, _>("id")?)).collect()
             }
 
             async fn balances(
@@ -1173,6 +1219,8 @@ macro_rules! shared_usage {
                         UsageGroupOutcome::Refused { results } => UsageTxOutcome::Refused { results },
                         UsageGroupOutcome::Done(outcomes) => match outcomes.first() {
                             Some(UsageItemOutcome::NoOrg) => UsageTxOutcome::NoOrg,
+                        Some(UsageItemOutcome::Stale) => UsageTxOutcome::Stale,
+                        Some(UsageItemOutcome::KeyRevoked) => UsageTxOutcome::KeyRevoked,
                             Some(UsageItemOutcome::Written) => UsageTxOutcome::Committed,
                             Some(UsageItemOutcome::Stopped) | None => UsageTxOutcome::Stopped,
                         },
@@ -1194,24 +1242,39 @@ macro_rules! shared_usage {
                         ));
                     }
                     let mut tx = dialect::begin_write(&self.pool).await?;
-                    // Locked in id order, so groups and lone charges never deadlock.
+                    // Locked in id order, so groups and lone charges never deadlock. The
+                    // versions are read in the same statement (the same snapshot).
                     let sql = format!(
-                        "SELECT id, overdraft_limit_micro_cr, overdraft_used_micro_cr \
+                        "SELECT id, overdraft_limit_micro_cr, overdraft_used_micro_cr, \
+                         COALESCE((SELECT v.version FROM usage_versions v \
+                           WHERE v.org_id = orgs.id), 0) AS org_version, \
+                         COALESCE((SELECT v.version FROM usage_versions v \
+                           WHERE v.org_id = $2), 0) AS catalog_version \
                          FROM orgs WHERE {} ORDER BY id{}",
                         dialect::in_uuids_at("id", 1),
                         dialect::FOR_NO_KEY_UPDATE
                     );
                     let rows = sqlx::query(&sql)
                         .bind(dialect::uuid_list(&orgs))
+                        .bind(Uuid::nil())
                         .fetch_all(&mut *tx)
                         .await?;
                     let mut overdrafts: HashMap<Uuid, Overdraft> = HashMap::new();
+                    let mut versions: HashMap<Uuid, UsageVersions> = HashMap::new();
                     for row in &rows {
+                        let id: Uuid = row.try_get("id")?;
                         overdrafts.insert(
-                            row.try_get("id")?,
+                            id,
                             Overdraft {
                                 limit_micro_cr: unsigned(row.try_get("overdraft_limit_micro_cr")?)?,
                                 used_micro_cr: unsigned(row.try_get("overdraft_used_micro_cr")?)?,
+                            },
+                        );
+                        versions.insert(
+                            id,
+                            UsageVersions {
+                                catalog: row.try_get("catalog_version")?,
+                                org: row.try_get("org_version")?,
                             },
                         );
                     }
@@ -1248,6 +1311,7 @@ macro_rules! shared_usage {
                             reads.reservations.iter().map(|id| (org.as_uuid(), *id))
                         })
                         .collect();
+                    let live = live_keys(&mut tx, &all(&|reads| reads.key.into_iter().collect())).await?;
                     let mut recorded_all = recorded(&mut tx, &locked, &event_ids).await?;
                     let balances_all = balances(&mut tx, &accounts).await?;
                     let spent_all = spent(&mut tx, &keys).await?;
@@ -1259,6 +1323,17 @@ macro_rules! shared_usage {
                     for (index, (org, reads)) in items.iter().enumerate() {
                         if !locked.contains(&org.as_uuid()) {
                             outcomes.push(UsageItemOutcome::NoOrg);
+                            continue;
+                        }
+                        if reads
+                            .versions
+                            .is_some_and(|expected| versions.get(&org.as_uuid()) != Some(&expected))
+                        {
+                            outcomes.push(UsageItemOutcome::Stale);
+                            continue;
+                        }
+                        if reads.key.is_some_and(|key| !live.contains(&key)) {
+                            outcomes.push(UsageItemOutcome::KeyRevoked);
                             continue;
                         }
                         let pick = |map: &HashMap<(Uuid, Timestamp), u64>| {
@@ -1526,6 +1601,23 @@ macro_rules! shared_usage {
                         self.usage_group_once(items, &mut **decide, mode).await
                     })
                     .await
+                }
+
+                async fn usage_versions(&self, org: OrgId) -> Result<UsageVersions, StoreError> {
+                    let row = sqlx::query(
+                        "SELECT COALESCE((SELECT version FROM usage_versions \
+                           WHERE org_id = $1), 0) AS org_version, \
+                         COALESCE((SELECT version FROM usage_versions \
+                           WHERE org_id = $2), 0) AS catalog_version",
+                    )
+                    .bind(org.as_uuid())
+                    .bind(Uuid::nil())
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(UsageVersions {
+                        catalog: row.try_get("catalog_version")?,
+                        org: row.try_get("org_version")?,
+                    })
                 }
 
                 async fn overdraft(&self, org: OrgId) -> Result<Option<Overdraft>, StoreError> {

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
-use credex_ledger::OrgId;
-use credex_store::{ApiKey, ApiKeyPrefix, Role, Scope, Store, TokenFamilyId, User, UserId};
+use credex_ledger::{OrgId, Timestamp};
+use credex_store::{
+    ApiKey, ApiKeyPrefix, Role, Scope, Store, TokenFamilyId, TokenHash, User, UserId,
+};
 use futures::future::LocalBoxFuture;
 
 use super::session::Sessions;
@@ -33,6 +35,54 @@ use crate::ratelimit::{RateLimits, TooMany};
 pub struct Authenticator {
     pub store: Arc<dyn Store>,
     pub sessions: Sessions,
+    /// API keys lately found, for the operations that check the key again themselves.
+    pub keys: Arc<KeyMemory>,
+}
+
+/// API keys found lately, by prefix, with their hashes: read only for operations whose
+/// permission says they check, in their own transaction, that the key is not revoked
+/// ([`Permission::KEY_RECHECKED`]), so a key revoked meanwhile is refused there, exactly, by
+/// every process. Each is kept for at most [`KeyMemory::KEPT_SECONDS`], and at most
+/// [`KeyMemory::MAX`] of them (all dropped when full).
+#[derive(Debug, Default)]
+pub struct KeyMemory {
+    keys: std::sync::Mutex<std::collections::HashMap<ApiKeyPrefix, (ApiKey, TokenHash, Timestamp)>>,
+}
+
+impl KeyMemory {
+    pub const KEPT_SECONDS: u32 = 60;
+    pub const MAX: usize = 10_000;
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<ApiKeyPrefix, (ApiKey, TokenHash, Timestamp)>,
+    > {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, prefix: &ApiKeyPrefix, now: Timestamp) -> Option<(ApiKey, TokenHash)> {
+        let keys = self.lock();
+        let (key, hash, found_at) = keys.get(prefix)?;
+        (found_at.plus_seconds(Self::KEPT_SECONDS) > now).then(|| (key.clone(), *hash))
+    }
+
+    fn keep(&self, key: &ApiKey, hash: TokenHash, now: Timestamp) {
+        let mut keys = self.lock();
+        if keys.len() >= Self::MAX {
+            keys.clear();
+        }
+        keys.insert(key.prefix.clone(), (key.clone(), hash, now));
+    }
+
+    fn used(&self, prefix: &ApiKeyPrefix, now: Timestamp) {
+        if let Some((key, _, _)) = self.lock().get_mut(prefix) {
+            key.last_used_at = Some(now);
+        }
+    }
 }
 
 /// 401 with `WWW-Authenticate: Bearer`, as problem details.
@@ -97,26 +147,47 @@ fn bearer(req: &HttpRequest) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-async fn authenticate(auth: &Authenticator, token: &str) -> Result<Caller, actix_web::Error> {
+/// The caller presenting `token`. With `remembered`, an API key may come from
+/// [`KeyMemory`] (the operation checks the key again itself).
+async fn authenticate(
+    auth: &Authenticator,
+    token: &str,
+    remembered: bool,
+) -> Result<Caller, actix_web::Error> {
     if token.starts_with("cdx_") {
         let prefix = tokens::api_key_prefix(token)
             .and_then(|prefix| ApiKeyPrefix::parse(prefix).ok())
             .ok_or(Unauthenticated("the API key is not valid"))?;
-        let found = auth
-            .store
-            .api_key_by_prefix(&prefix)
-            .await
-            .map_err(|error| ApiError::internal(&error))?;
-        let Some((key, hash)) = found else {
-            return Err(Unauthenticated("the API key is not valid").into());
+        let now = auth.sessions.now();
+        let kept = if remembered {
+            auth.keys.get(&prefix, now)
+        } else {
+            None
+        };
+        let (key, hash) = match kept {
+            Some(kept) => kept,
+            None => {
+                let found = auth
+                    .store
+                    .api_key_by_prefix(&prefix)
+                    .await
+                    .map_err(|error| ApiError::internal(&error))?;
+                let Some((key, hash)) = found else {
+                    return Err(Unauthenticated("the API key is not valid").into());
+                };
+                if key.revoked_at.is_none() {
+                    auth.keys.keep(&key, hash, now);
+                }
+                (key, hash)
+            }
         };
         if !tokens::matches(token, hash.as_bytes()) || key.revoked_at.is_some() {
             return Err(Unauthenticated("the API key is not valid").into());
         }
-        let now = auth.sessions.now();
         if key.last_used_at.is_none_or(|at| at.plus_seconds(60) <= now) {
             // At most once a minute per key: a hint, not an audit trail.
             let _ = auth.store.touch_api_key(key.id, now).await;
+            auth.keys.used(&prefix, now);
         }
         return Ok(Caller::Key(key));
     }
@@ -154,13 +225,23 @@ impl FromRequest for Caller {
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        caller(req, false)
+    }
+}
+
+/// The request's caller, rate-limited; see [`authenticate`] for `remembered`.
+fn caller(
+    req: &HttpRequest,
+    remembered: bool,
+) -> LocalBoxFuture<'static, Result<Caller, actix_web::Error>> {
+    {
         let token = bearer(req);
         let auth = authenticator(req);
         let limits = req.app_data::<web::Data<RateLimits>>().cloned();
         Box::pin(async move {
             let auth = auth?;
             let token = token.ok_or(Unauthenticated("send `Authorization: Bearer <token>`"))?;
-            let caller = authenticate(&auth, &token).await?;
+            let caller = authenticate(&auth, &token, remembered).await?;
             if let Some(limits) = limits {
                 let key = match &caller {
                     Caller::User { user, .. } => format!("user:{}", user.id),
@@ -179,6 +260,9 @@ pub trait Permission: 'static {
     const ROLE: Role;
     /// The scope an API key needs; `None`: API keys may not do it.
     const SCOPE: Option<Scope>;
+    /// Every operation that needs it checks again, in its own transaction, that the calling
+    /// API key is not revoked, so the key may be authenticated from [`KeyMemory`].
+    const KEY_RECHECKED: bool = false;
 }
 
 /// See the org's data.
@@ -202,9 +286,12 @@ impl Permission for Owner {
     const ROLE: Role = Role::Owner;
     const SCOPE: Option<Scope> = None;
 }
+/// Usage recording and reservations pass the key to the usage service, whose transaction
+/// refuses a revoked one (`UsageReads::key`).
 impl Permission for UsageWrite {
     const ROLE: Role = Role::Member;
     const SCOPE: Option<Scope> = Some(Scope::UsageWrite);
+    const KEY_RECHECKED: bool = true;
 }
 impl Permission for MarketTrade {
     const ROLE: Role = Role::Member;
@@ -293,7 +380,8 @@ impl<P: Permission> FromRequest for OrgAccess<P> {
             .match_info()
             .get("org_id")
             .and_then(|id| OrgId::parse(id).ok());
-        let caller = Caller::from_request(req, payload);
+        let _ = payload;
+        let caller = caller(req, P::KEY_RECHECKED);
         let auth = authenticator(req);
         Box::pin(async move {
             let auth = auth?;

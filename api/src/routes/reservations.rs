@@ -233,7 +233,7 @@ pub async fn create_reservation(
     let request = parse_request(body.into_inner(), access.caller.api_key_id())?;
     let answer = state
         .usage
-        .reserve(access.org, request)
+        .reserve_as(access.org, access.caller.api_key_id(), request)
         .await
         .map_err(usage_error)?;
     let now = state.ledger.store().clock().now();
@@ -412,7 +412,7 @@ pub async fn settle_reservation(
     )?;
     let settled = state
         .usage
-        .settle(access.org, id, event)
+        .settle_as(access.org, access.caller.api_key_id(), id, event)
         .await
         .map_err(usage_error)?;
     let status = if settled.usage.replayed {
@@ -454,7 +454,7 @@ pub async fn release_reservation(
     let id = reservation_id(&path.1)?;
     let answer = state
         .usage
-        .release(access.org, id)
+        .release_as(access.org, access.caller.api_key_id(), id)
         .await
         .map_err(usage_error)?;
     let now = state.ledger.store().clock().now();

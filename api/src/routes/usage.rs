@@ -287,6 +287,9 @@ pub(crate) fn usage_error(error: UsageError) -> actix_web::Error {
     let detail = error.to_string();
     let kind = match error {
         E::Store(error) => return internal(&error),
+        E::KeyRevoked => {
+            return crate::auth::access::Unauthenticated("the API key is not valid").into()
+        }
         E::BatchSize { .. } | E::InvalidId { .. } | E::Duplicate { .. } | E::Invalid { .. } => {
             ProblemKind::Unprocessable
         }
@@ -299,6 +302,7 @@ pub(crate) fn usage_error(error: UsageError) -> actix_web::Error {
         E::NoOrg | E::NoReservation { .. } => ProblemKind::NotFound,
         E::ReservationClosed { .. } => ProblemKind::Conflict,
         E::ReservationMismatch { .. } => ProblemKind::Unprocessable,
+        E::Stale => ProblemKind::Unavailable,
     };
     ApiError::new(kind, detail).into()
 }
@@ -374,7 +378,7 @@ pub async fn record_usage(
         .collect::<Result<Vec<_>, _>>()?;
     let recorded = state
         .usage
-        .record(access.org, events)
+        .record_as(access.org, caller_key, events)
         .await
         .map_err(usage_error)?;
     let status = if recorded.iter().all(|usage| usage.replayed) {

@@ -47,7 +47,7 @@ const _: () = assert!(GROUP_MAX <= USAGE_GROUP_MAX);
 pub(super) struct Prepared {
     pub(super) org: OrgId,
     pub(super) priced: Vec<Priced>,
-    pub(super) budgets: Vec<Budget>,
+    pub(super) budgets: Arc<Vec<Budget>>,
     pub(super) reads: UsageReads,
 }
 
@@ -253,6 +253,8 @@ async fn together(store: &dyn Store, group: &[Waiter]) -> Result<Option<Vec<Answ
                 .zip(answers)
                 .map(|(outcome, answer)| match outcome {
                     UsageItemOutcome::NoOrg => Err(UsageError::NoOrg),
+                    UsageItemOutcome::Stale => Err(UsageError::Stale),
+                    UsageItemOutcome::KeyRevoked => Err(UsageError::KeyRevoked),
                     UsageItemOutcome::Stopped | UsageItemOutcome::Written => {
                         answer.unwrap_or_else(|| Err(corrupt("a usage request ended undecided")))
                     }
