@@ -179,12 +179,17 @@ async fn a_batch_that_cannot_be_paid_changes_nothing(db: &TestDb) {
 /// Two processes charge one org 40 events of 1 CR each (100,000 output tokens at $10 per 1M)
 /// from a wallet of 10 CR, concurrently: exactly 10 are charged, the rest refused, the wallet
 /// ends at 0 and the books balance.
-async fn concurrent_charges_never_overdraw(db: &TestDb) {
+/// One org whose allotment is spent (so that only its wallet pays), and two usage services on
+/// the database, each with a ledger and pool of its own: two processes.
+async fn wallet_only_in_two_processes(
+    db: &TestDb,
+) -> (
+    common::usage_world::World,
+    Arc<credex_store::Ledger>,
+    [Arc<Usage>; 2],
+) {
     let w = world(db, 1).await;
-    let org = w.orgs[0];
-    let now = w.now();
-    // The allotment spent first, so that only the wallet pays.
-    w.record(org, vec![event(ALLOT, 0, now)])
+    w.record(w.orgs[0], vec![event(ALLOT, 0, w.now())])
         .await
         .expect("recorded");
     let second = Arc::new(db.ledger(w.clock.clone()).await);
@@ -192,6 +197,13 @@ async fn concurrent_charges_never_overdraw(db: &TestDb) {
         Arc::new(Usage::new(w.ledger.clone(), face())),
         Arc::new(Usage::new(second.clone(), face())),
     ];
+    (w, second, services)
+}
+
+async fn concurrent_charges_never_overdraw(db: &TestDb) {
+    let (w, second, services) = wallet_only_in_two_processes(db).await;
+    let org = w.orgs[0];
+    let now = w.now();
     let mut tasks = Vec::new();
     for i in 0..40 {
         let usage = services[i % 2].clone();
@@ -225,18 +237,10 @@ async fn concurrent_charges_never_overdraw(db: &TestDb) {
 /// the rest are refused by the budget; the budget's spend is exactly its limit, each threshold
 /// alerted once, and nothing was charged for a refused request.
 async fn a_hard_budget_is_never_overspent(db: &TestDb) {
-    let w = world(db, 1).await;
+    // Every request is paid by the wallet (10 CR).
+    let (w, second, services) = wallet_only_in_two_processes(db).await;
     let org = w.orgs[0];
-    // The allotment spent first, so that every request is paid by the wallet (10 CR).
-    w.record(org, vec![event(ALLOT, 0, w.now())])
-        .await
-        .expect("recorded");
     let hard = add_budget(&w, org, budget("org", Scope::Org, 1_000_000, true)).await;
-    let second = Arc::new(db.ledger(w.clock.clone()).await);
-    let services = [
-        Arc::new(Usage::new(w.ledger.clone(), face())),
-        Arc::new(Usage::new(second.clone(), face())),
-    ];
     let now = w.now();
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -958,6 +962,64 @@ async fn what_charging_keeps_in_memory_never_outlives_a_change(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// Batches of 100 events (on PostgreSQL the ledger speculates for them: journal rows first,
+/// balance stripes locked last) from two processes, with top-ups landing meanwhile: no batch
+/// is charged in part, the wallet never goes below zero, and what was charged is exactly what
+/// the wallet lost.
+async fn large_batches_never_overdraw(db: &TestDb) {
+    let (w, second, services) = wallet_only_in_two_processes(db).await;
+    let org = w.orgs[0];
+    let now = w.now();
+    let mut batches = Vec::new();
+    for i in 0..16 {
+        let usage = services[i % 2].clone();
+        // 100 calls of 1,000 output tokens at $10 per 1M: 1 CR a batch.
+        let batch: Vec<UsageEvent> = (0..100).map(|_| event(0, 1_000, now)).collect();
+        batches.push(tokio::spawn(async move { usage.record(org, batch).await }));
+    }
+    let mut top_ups = Vec::new();
+    for _ in 0..4 {
+        let ledger = second.clone();
+        top_ups.push(tokio::spawn(async move {
+            top_up(&ledger, org, 1_000_000).await;
+        }));
+    }
+    let mut charged = 0_i128;
+    for task in batches {
+        match task.await.expect("a task") {
+            Ok(recorded) => {
+                assert_eq!(recorded.len(), 100);
+                assert!(recorded
+                    .iter()
+                    .all(|r| r.record.from_wallet_micro_cr == 10_000));
+                charged += 1;
+            }
+            Err(UsageError::InsufficientFunds { .. }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    for task in top_ups {
+        task.await.expect("a top-up");
+    }
+    assert!((10..=14).contains(&charged), "{charged} batches charged");
+    let wallet = i128::from(CREDITS) + 4_000_000 - charged * 1_000_000;
+    assert_eq!(w.balances(org).await, (0, 0, wallet));
+    let totals = w
+        .store()
+        .usage_totals(
+            org,
+            &credex_store::UsageFilter::default(),
+            credex_store::UsageGroup::All,
+            1,
+        )
+        .await
+        .expect("totals");
+    assert_eq!(i128::from(totals[0].events), charged * 100 + 1);
+    assert!(w.store().check().await.expect("check").is_ok());
+    second.close().await;
+    w.ledger.close().await;
+}
+
 on_both_backends!(
     rollups_agree_with_the_calls,
     a_group_is_all_or_nothing,
@@ -970,4 +1032,5 @@ on_both_backends!(
     a_hard_budget_is_never_overspent,
     budgets_count_their_scope_and_period,
     what_charging_keeps_in_memory_never_outlives_a_change,
+    large_batches_never_overdraw,
 );
