@@ -41,6 +41,16 @@ pub(crate) enum Mode {
     Whole,
 }
 
+/// What a batch's caller knows of its transfers' ids; see `apply_ids_in` in
+/// [`shared_store!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ids {
+    /// Some may be in the journal (a retried request, say): each is looked up.
+    MayExist,
+    /// None was ever committed or failed: nothing is looked up.
+    Fresh,
+}
+
 /// The smallest batch worth a speculative attempt: below it, the extra statement costs more
 /// than the shorter lock hold saves. `CREDEX_SPECULATE_MIN` overrides it (tests set it to 1 to
 /// drive every batch through speculation).
@@ -416,7 +426,7 @@ macro_rules! shared_store {
             use super::$dialect as dialect;
             use super::$store;
             use crate::sql::{
-                backoff, balance, max_total, stripe_changes, sum_stripes, CachedAccount, Locked, Mode,
+                backoff, balance, max_total, stripe_changes, sum_stripes, CachedAccount, Ids, Locked, Mode,
                 RawAccount, RawPending, RawTransfer, ACCOUNT_VIEW_SQL, MAX_ATTEMPTS,
                 PENDING_COLUMNS, TRANSFER_COLUMNS,
             };
@@ -699,6 +709,22 @@ macro_rules! shared_store {
                     mode: Mode,
                     now: Timestamp,
                 ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
+                    self.apply_ids_in(conn, requests, mode, now, Ids::MayExist).await
+                }
+
+                /// [`Self::apply_in`] for a caller that knows, from what it read under its own
+                /// locks in this transaction, that no transfer of `requests` was ever committed
+                /// or failed (`Ids::Fresh`): the journal is then not searched for them. Were
+                /// one there after all, its insert would break the journal's unique key and the
+                /// transaction would fail, never commit it twice.
+                pub(crate) async fn apply_ids_in(
+                    &self,
+                    conn: &mut Connection,
+                    requests: &[Vec<Transfer>],
+                    mode: Mode,
+                    now: Timestamp,
+                    ids: Ids,
+                ) -> Result<Vec<Vec<TransferResult>>, StoreError> {
                     let needs = Requirements::of(requests);
                     let pending_ids = uuids(needs.pending_ids.iter().copied());
                     let pendings = lock_pendings(&mut *conn, &pending_ids).await?;
@@ -747,12 +773,19 @@ macro_rules! shared_store {
                         pendings: pendings.iter().map(|p| (p.id, p.clone())).collect(),
                     };
 
-                    let mut recheck = uuids(needs.transfer_ids.iter().copied());
+                    let mut recheck = match ids {
+                        Ids::MayExist => uuids(needs.transfer_ids.iter().copied()),
+                        Ids::Fresh => Vec::new(),
+                    };
                     let mut written = Vec::new();
                     if mode == Mode::Speculative {
                         let balances = read_balances(&mut *conn, &whole).await?;
                         let committed = fetch_entries(&mut *conn, &recheck).await?;
-                        let failed = fetch_failures(&mut *conn, &recheck).await?;
+                        let failed = if recheck.is_empty() {
+                            HashMap::new()
+                        } else {
+                            fetch_failures(&mut *conn, &recheck).await?
+                        };
                         let guess = engine::apply(input(&balances, committed, failed), requests)?;
                         dialect::insert_transfers(&mut *conn, &guess.inserts).await?;
                         let ids: HashSet<Uuid> =

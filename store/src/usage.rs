@@ -671,7 +671,7 @@ macro_rules! shared_usage {
             use super::$dialect as dialect;
             use super::$store;
             use crate::market::{signed, transfer_ids, transfer_ids_json, unsigned};
-            use crate::sql::Mode;
+            use crate::sql::{Ids, Mode};
             use crate::identity::{AuditEntry, UserId};
             use crate::usage::{
                 UsageFilter, UsageGroup, UsageTotal,
@@ -1446,7 +1446,13 @@ macro_rules! shared_usage {
                         } else {
                             mode
                         };
-                        let results = self.apply_in(&mut tx, &chains, mode, now).await?;
+                        // Every chain here is new: a usage chain's ids are derived from its
+                        // event's or reservation's id and are only ever committed with that
+                        // event's or reservation's row (or its new state), which were read
+                        // under the orgs' locks above; a refused chain rolls back everything.
+                        let results = self
+                            .apply_ids_in(&mut tx, &chains, mode, now, Ids::Fresh)
+                            .await?;
                         let accepted = results.iter().flatten().all(|result| match result {
                             Ok(()) => true,
                             Err(error) => error.is_exists(),
