@@ -46,19 +46,17 @@ pub struct Authenticator {
 /// [`KeyMemory::MAX`] of them (all dropped when full).
 #[derive(Debug, Default)]
 pub struct KeyMemory {
-    keys: std::sync::Mutex<std::collections::HashMap<ApiKeyPrefix, (ApiKey, TokenHash, Timestamp)>>,
+    keys: std::sync::Mutex<KeptKeys>,
 }
+
+/// Each key with its hash and when it was found.
+type KeptKeys = std::collections::HashMap<ApiKeyPrefix, (ApiKey, TokenHash, Timestamp)>;
 
 impl KeyMemory {
     pub const KEPT_SECONDS: u32 = 60;
     pub const MAX: usize = 10_000;
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<ApiKeyPrefix, (ApiKey, TokenHash, Timestamp)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptKeys> {
         self.keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -234,24 +232,22 @@ fn caller(
     req: &HttpRequest,
     remembered: bool,
 ) -> LocalBoxFuture<'static, Result<Caller, actix_web::Error>> {
-    {
-        let token = bearer(req);
-        let auth = authenticator(req);
-        let limits = req.app_data::<web::Data<RateLimits>>().cloned();
-        Box::pin(async move {
-            let auth = auth?;
-            let token = token.ok_or(Unauthenticated("send `Authorization: Bearer <token>`"))?;
-            let caller = authenticate(&auth, &token, remembered).await?;
-            if let Some(limits) = limits {
-                let key = match &caller {
-                    Caller::User { user, .. } => format!("user:{}", user.id),
-                    Caller::Key(key) => format!("key:{}", key.id),
-                };
-                limits.per_caller.check(&key).map_err(TooMany)?;
-            }
-            Ok(caller)
-        })
-    }
+    let token = bearer(req);
+    let auth = authenticator(req);
+    let limits = req.app_data::<web::Data<RateLimits>>().cloned();
+    Box::pin(async move {
+        let auth = auth?;
+        let token = token.ok_or(Unauthenticated("send `Authorization: Bearer <token>`"))?;
+        let caller = authenticate(&auth, &token, remembered).await?;
+        if let Some(limits) = limits {
+            let key = match &caller {
+                Caller::User { user, .. } => format!("user:{}", user.id),
+                Caller::Key(key) => format!("key:{}", key.id),
+            };
+            limits.per_caller.check(&key).map_err(TooMany)?;
+        }
+        Ok(caller)
+    })
 }
 
 /// A permission an org-scoped operation needs.
@@ -375,12 +371,11 @@ impl<P: Permission> FromRequest for OrgAccess<P> {
     type Error = actix_web::Error;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let org = req
             .match_info()
             .get("org_id")
             .and_then(|id| OrgId::parse(id).ok());
-        let _ = payload;
         let caller = caller(req, P::KEY_RECHECKED);
         let auth = authenticator(req);
         Box::pin(async move {

@@ -350,7 +350,6 @@ impl Usage {
     }
 
     /// One try of [`Usage::settle`], from the org's memo or (`fresh`) from fresh reads.
-    #[allow(clippy::too_many_arguments)]
     async fn settle_once(
         &self,
         org: OrgId,
