@@ -529,6 +529,9 @@ macro_rules! shared_store {
                 conn: &mut Connection,
                 ids: &[Uuid],
             ) -> Result<HashMap<TransferId, TransferError>, StoreError> {
+                if ids.is_empty() {
+                    return Ok(HashMap::new());
+                }
                 let sql = format!(
                     "SELECT id, error FROM transfer_failures WHERE {}",
                     dialect::in_uuids("id")
@@ -781,11 +784,7 @@ macro_rules! shared_store {
                     if mode == Mode::Speculative {
                         let balances = read_balances(&mut *conn, &whole).await?;
                         let committed = fetch_entries(&mut *conn, &recheck).await?;
-                        let failed = if recheck.is_empty() {
-                            HashMap::new()
-                        } else {
-                            fetch_failures(&mut *conn, &recheck).await?
-                        };
+                        let failed = fetch_failures(&mut *conn, &recheck).await?;
                         let guess = engine::apply(input(&balances, committed, failed), requests)?;
                         dialect::insert_transfers(&mut *conn, &guess.inserts).await?;
                         let ids: HashSet<Uuid> =
@@ -801,11 +800,7 @@ macro_rules! shared_store {
                     // written speculatively needs no second look: had another transaction
                     // committed its id, the insert would have failed on the unique key.)
                     let committed = fetch_entries(&mut *conn, &recheck).await?;
-                    let failed = if recheck.is_empty() {
-                        HashMap::new()
-                    } else {
-                        fetch_failures(&mut *conn, &recheck).await?
-                    };
+                    let failed = fetch_failures(&mut *conn, &recheck).await?;
                     let outcome = engine::apply(input(&locked.balances, committed, failed), requests)?;
 
                     if mode == Mode::Speculative {

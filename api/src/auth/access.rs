@@ -39,8 +39,8 @@ pub struct Authenticator {
     pub keys: Arc<KeyMemory>,
 }
 
-/// API keys found lately, by prefix, with their hashes: read only for operations whose
-/// permission says they check, in their own transaction, that the key is not revoked
+/// API keys, by prefix, with their hashes, kept and read only by operations whose permission
+/// says they check, in their own transaction, that the key is not revoked
 /// ([`Permission::KEY_RECHECKED`]), so a key revoked meanwhile is refused there, exactly, by
 /// every process. Each is kept for at most [`KeyMemory::KEPT_SECONDS`], and at most
 /// [`KeyMemory::MAX`] of them (all dropped when full).
@@ -173,7 +173,7 @@ async fn authenticate(
                 let Some((key, hash)) = found else {
                     return Err(Unauthenticated("the API key is not valid").into());
                 };
-                if key.revoked_at.is_none() {
+                if remembered && key.revoked_at.is_none() {
                     auth.keys.keep(&key, hash, now);
                 }
                 (key, hash)
