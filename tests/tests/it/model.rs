@@ -91,10 +91,11 @@ const HISTORY_PAGE: u32 = 4;
 // ---------------------------------------------------------------------------------------------
 
 /// Every flow the transfer codes admit, written from the spec (reversals are derived).
-const FLOWS: [(T, C, K, K); 22] = [
+const FLOWS: [(T, C, K, K); 23] = [
     (T::Allotment, C::Token, K::Issuance, K::Alloc),
     (T::Grant, C::Credit, K::Issuance, K::Wallet),
     (T::TopUp, C::Credit, K::Issuance, K::Wallet),
+    (T::Overdraft, C::Credit, K::Issuance, K::Wallet),
     (T::Spend, C::Token, K::Alloc, K::Spent),
     (T::Spend, C::Token, K::Acquired, K::Spent),
     (T::Spend, C::Credit, K::Wallet, K::Spent),
