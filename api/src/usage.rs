@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::budgets::Budget;
 use crate::catalog::{self, ModelPrices};
-use crate::cycles::{derived_id, CycleId};
+use crate::cycles::{derived_id_at, CycleId};
 use crate::market::AccountBook;
 use crate::problem::ApiError;
 
@@ -1051,7 +1051,6 @@ fn chain(
     advance: u64,
 ) -> Result<Vec<Transfer>, UsageError> {
     let org_text = org.to_string();
-    let event_text = p.event.id.to_string();
     let metadata = usage_metadata(p.event.id)?;
     let mut chain = Vec::new();
     if advance > 0 {
@@ -1067,14 +1066,20 @@ fn chain(
             TransferCode::Overdraft,
         )
         .map_err(corrupt)?;
-        let id = derived_id(&["usage", &org_text, &event_text, "overdraft"]);
+        let id = usage_transfer_id(&org_text, &p.event, "overdraft");
         chain.push(Transfer::movement(id, movement).with_metadata(metadata.clone()));
     }
     for (leg, movement) in movements(p, from_acquired, from_alloc, from_wallet)? {
-        let id = derived_id(&["usage", &org_text, &event_text, leg]);
+        let id = usage_transfer_id(&org_text, &p.event, leg);
         chain.push(Transfer::movement(id, movement).with_metadata(metadata.clone()));
     }
     Ok(linked(chain))
+}
+
+/// The id of an event's transfer for one leg: derived from the org, the event and the leg,
+/// and time-ordered by the event's instant (the journal's busiest writer appends its ids).
+fn usage_transfer_id(org_text: &str, event: &UsageEvent, leg: &str) -> TransferId {
+    derived_id_at(event.at, &["usage", org_text, &event.id.to_string(), leg])
 }
 
 fn usage_metadata(event: Uuid) -> Result<credex_ledger::Metadata, UsageError> {

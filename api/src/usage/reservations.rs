@@ -21,6 +21,7 @@
 //! answers what it did.
 
 use super::*;
+use crate::cycles::derived_id;
 use credex_ledger::{Action, Amount};
 use credex_store::{NewReservation, ReservationRecord, ReservationResolution, ReservationState};
 
@@ -472,9 +473,9 @@ impl Usage {
                 );
             }
             let usage = usage_metadata(id)?;
-            let (org_text, event_text) = (org.to_string(), id.to_string());
+            let org_text = org.to_string();
             for (leg, movement) in movements(p, more_acquired, more_alloc, more_wallet)? {
-                let transfer_id = derived_id(&["usage", &org_text, &event_text, leg]);
+                let transfer_id = usage_transfer_id(&org_text, &p.event, leg);
                 chain.push(Transfer::movement(transfer_id, movement).with_metadata(usage.clone()));
             }
             let chain = linked(chain);
