@@ -28,6 +28,7 @@ use crate::routes;
         routes::auth::logout,
         routes::auth::me,
         routes::auth::change_password,
+        routes::orgs::list_orgs,
         routes::orgs::create_org,
         routes::orgs::change_org,
         routes::orgs::create_user,

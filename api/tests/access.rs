@@ -72,6 +72,7 @@ fn table() -> Vec<(&'static str, Who, Option<Value>)> {
         ),
         ("get_api_key", Who::Owner, None),
         ("revoke_api_key", Who::Owner, None),
+        ("list_orgs", Who::Admin, None),
         (
             "create_org",
             Who::Admin,

@@ -48,6 +48,83 @@ async fn orgs_keys_and_access(db: &TestDb) {
     )
     .await;
     let globex = other.body["id"].as_str().expect("an id").to_owned();
+
+    // Admins list orgs: filtered, and paged without loss or repetition.
+    let listed = call(
+        &service,
+        bearer(
+            get("/v1/admin/orgs?name=aCmE&plan=teams&frozen=false"),
+            &admin,
+        ),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let orgs = listed.body["orgs"].as_array().expect("orgs");
+    assert_eq!(orgs.len(), 1, "{}", listed.body);
+    assert_eq!(orgs[0]["id"], acme.as_str());
+    assert_eq!(orgs[0]["plan"], "teams");
+    assert!(listed.body["next"].is_null());
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let uri = match &cursor {
+            Some(cursor) => format!("/v1/admin/orgs?limit=1&cursor={cursor}"),
+            None => "/v1/admin/orgs?limit=1".to_owned(),
+        };
+        let page = call(&service, bearer(get(&uri), &admin)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for org in page.body["orgs"].as_array().expect("orgs") {
+            seen.push(org["id"].as_str().expect("an id").to_owned());
+        }
+        match page.body["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no org twice: {seen:?}");
+    assert!(seen.contains(&acme) && seen.contains(&globex), "{seen:?}");
+    let from_nil = call(
+        &service,
+        bearer(
+            get("/v1/admin/orgs?cursor=00000000-0000-0000-0000-000000000000"),
+            &admin,
+        ),
+    )
+    .await;
+    assert_eq!(
+        from_nil.body["orgs"].as_array().map(Vec::len),
+        Some(seen.len())
+    );
+    let after_max = call(
+        &service,
+        bearer(
+            get("/v1/admin/orgs?cursor=FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"),
+            &admin,
+        ),
+    )
+    .await;
+    assert_eq!(after_max.status, StatusCode::OK);
+    assert_eq!(after_max.body["orgs"], json!([]));
+    let frozen = call(&service, bearer(get("/v1/admin/orgs?frozen=true"), &admin)).await;
+    assert_eq!(frozen.body["orgs"], json!([]), "{}", frozen.body);
+    for bad in [
+        "/v1/admin/orgs?limit=0",
+        "/v1/admin/orgs?limit=1001",
+        "/v1/admin/orgs?plan=gold",
+        "/v1/admin/orgs?cursor=yesterday",
+        "/v1/admin/orgs?name=%20%20",
+    ] {
+        let refused = call(&service, bearer(get(bad), &admin)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(
+            refused.headers.get("content-type").expect("a type"),
+            "application/problem+json",
+            "{bad}"
+        );
+    }
     let bad = call(
         &service,
         bearer(
@@ -252,6 +329,8 @@ async fn orgs_keys_and_access(db: &TestDb) {
 
     // Everything above is in the audit log, for admins only, paged without loss.
     let refused = call(&service, bearer(get("/v1/admin/audit"), &alice)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let refused = call(&service, bearer(get("/v1/admin/orgs"), &alice)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let mut actions = Vec::new();
     let mut cursor: Option<String> = None;

@@ -7,7 +7,7 @@ mod common;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::test;
-use common::{call, sign_in, Fixture, ADMIN, PASSWORD};
+use common::{bearer, call, sign_in, Fixture, ADMIN, PASSWORD};
 use credex_api::startup::app;
 use credex_tests::TestDb;
 
@@ -148,6 +148,50 @@ async fn the_portal_door(db: &TestDb) {
     let response = test::call_service(&service, page("/portal/password", &jar).to_request()).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(body_text(response).await.contains(ADMIN));
+
+    // The admin's orgs page lists every org, filtered by the API's list; a bad filter is
+    // shown at its field.
+    let admin = sign_in(&service, ADMIN, PASSWORD).await;
+    for (name, plan) in [("Acme Robotics", "teams"), ("Globex", "free")] {
+        let created = call(
+            &service,
+            bearer(
+                test::TestRequest::post()
+                    .uri("/v1/admin/orgs")
+                    .set_json(serde_json::json!({"name": name, "plan": plan})),
+                &admin,
+            ),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    }
+    let response = test::call_service(
+        &service,
+        page("/portal/admin/orgs?search=ROBOT&standing=false", &jar).to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_text(response).await;
+    assert!(text.contains("Acme Robotics"), "{text}");
+    assert!(!text.contains("Globex"), "{text}");
+    let response =
+        test::call_service(&service, page("/portal/admin/orgs", &jar).to_request()).await;
+    let text = body_text(response).await;
+    assert!(
+        text.contains("Acme Robotics") && text.contains("Globex"),
+        "{text}"
+    );
+    let response = test::call_service(
+        &service,
+        page("/portal/admin/orgs?on_plan=gold", &jar).to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = body_text(response).await;
+    assert!(
+        text.contains(r#"id="f-on_plan" name="on_plan" aria-invalid="true""#),
+        "{text}"
+    );
 
     // An offsite `next` is not followed.
     let body = format!("csrf={token}&{credentials}&next=//evil.example/");

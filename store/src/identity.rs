@@ -785,6 +785,48 @@ pub struct AuditFilter {
     pub until: Option<Timestamp>,
 }
 
+/// Which orgs to list; every condition that is set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgFilter {
+    /// Lower-case text the org's name contains: ASCII letters match in either case, every
+    /// other character exactly.
+    name: Option<String>,
+    plan: Option<Plan>,
+    frozen: Option<bool>,
+}
+
+impl OrgFilter {
+    /// Orgs whose name contains `text`, ASCII letters in either case.
+    pub fn name_containing(mut self, text: &str) -> Self {
+        self.name = Some(text.to_ascii_lowercase());
+        self
+    }
+
+    /// Orgs on `plan`.
+    pub fn on_plan(mut self, plan: Plan) -> Self {
+        self.plan = Some(plan);
+        self
+    }
+
+    /// Frozen orgs (`true`) or the others (`false`).
+    pub fn frozen_is(mut self, frozen: bool) -> Self {
+        self.frozen = Some(frozen);
+        self
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub fn plan(&self) -> Option<Plan> {
+        self.plan
+    }
+
+    pub fn frozen(&self) -> Option<bool> {
+        self.frozen
+    }
+}
+
 /// Where a page of the audit log starts: after this entry, in (at, id) order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditCursor {
@@ -836,6 +878,15 @@ pub trait IdentityStore: Send + Sync {
     ) -> Result<Org, IdentityError>;
 
     async fn org(&self, id: OrgId) -> Result<Option<Org>, IdentityError>;
+
+    /// Orgs matching `filter` in id order (ids are UUID v7, so about creation order), after
+    /// `after`, at most `limit` (clamped to 1..=1000).
+    async fn orgs(
+        &self,
+        filter: &OrgFilter,
+        after: Option<OrgId>,
+        limit: u32,
+    ) -> Result<Vec<Org>, IdentityError>;
 
     /// The org as changed; `None` when it does not exist.
     async fn set_org_plan(&self, id: OrgId, plan: Plan) -> Result<Option<Org>, IdentityError>;
@@ -1134,8 +1185,8 @@ macro_rules! shared_identity {
             use crate::identity::{
                 family_id, password_hash, role, token_hash, user_id, ApiKey, ApiKeyId,
                 ApiKeyPrefix, AuditCursor, AuditEntry, AuditFilter, Email, IdentityError,
-                IdentityStore, IssuedRefreshToken, NewApiKey, Org, OrgName, PasswordHash, Plan,
-                RawApiKey, RawAudit, RawOrg, RawUser, RefreshTokenId, Role, RotateOutcome,
+                IdentityStore, IssuedRefreshToken, NewApiKey, Org, OrgFilter, OrgName, PasswordHash,
+                Plan, RawApiKey, RawAudit, RawOrg, RawUser, RefreshTokenId, Role, RotateOutcome,
                 TokenFamilyId, TokenHash, User, UserId, VerificationLevel,
             };
 
@@ -1502,6 +1553,50 @@ macro_rules! shared_identity {
                         .fetch_optional(&self.pool)
                         .await?;
                     row.as_ref().map(org).transpose()
+                }
+
+                async fn orgs(
+                    &self,
+                    filter: &OrgFilter,
+                    after: Option<OrgId>,
+                    limit: u32,
+                ) -> Result<Vec<Org>, IdentityError> {
+                    // Only the conditions that are set, numbered in the order they are bound.
+                    let mut sql = format!("SELECT {ORG_COLUMNS} FROM orgs WHERE 1 = 1");
+                    let mut n = 0;
+                    let mut condition = |text: &str| {
+                        n += 1;
+                        sql.push_str(&text.replace('#', &format!("${n}")));
+                    };
+                    if filter.name().is_some() {
+                        condition(dialect::ORG_NAME_CONTAINS);
+                    }
+                    if filter.plan().is_some() {
+                        condition(" AND plan = #");
+                    }
+                    if filter.frozen().is_some() {
+                        condition(" AND frozen = #");
+                    }
+                    if after.is_some() {
+                        condition(" AND id > #");
+                    }
+                    condition(" ORDER BY id LIMIT #");
+                    let mut query = sqlx::query(&sql);
+                    if let Some(name) = filter.name() {
+                        query = query.bind(name);
+                    }
+                    if let Some(plan) = filter.plan() {
+                        query = query.bind(plan.as_str());
+                    }
+                    if let Some(frozen) = filter.frozen() {
+                        query = query.bind(frozen);
+                    }
+                    if let Some(after) = after {
+                        query = query.bind(after.as_uuid());
+                    }
+                    let query = query.bind(i64::from(limit.clamp(1, crate::PAGE_MAX)));
+                    let rows = query.fetch_all(&self.pool).await?;
+                    rows.iter().map(org).collect()
                 }
 
                 async fn set_org_plan(

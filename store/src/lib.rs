@@ -58,8 +58,8 @@ pub use idempotency::{Begin, IdempotencyStore};
 pub use identity::{
     ApiKey, ApiKeyId, ApiKeyName, ApiKeyPrefix, AuditAction, AuditCursor, AuditEntry, AuditFilter,
     AuditId, Email, IdentityError, IdentityParseError, IdentityStore, IssuedRefreshToken,
-    NewApiKey, Org, OrgName, PasswordHash, Plan, RefreshTokenId, Role, RotateOutcome, Scope,
-    Scopes, TokenFamilyId, TokenHash, User, UserId, VerificationLevel,
+    NewApiKey, Org, OrgFilter, OrgName, PasswordHash, Plan, RefreshTokenId, Role, RotateOutcome,
+    Scope, Scopes, TokenFamilyId, TokenHash, User, UserId, VerificationLevel,
 };
 pub use ledger::Ledger;
 pub use market::{

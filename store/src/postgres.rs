@@ -78,6 +78,9 @@ mod dialect {
     pub const UUID_TEXT_API_KEY: &str = "CAST(api_key_id AS TEXT)";
     pub const UTC_DAY_OF_OCCURRED_AT: &str =
         "to_char(to_timestamp(occurred_at / 1000000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
+    /// An org's name contains the (lower-case) text bound to `#`: `lower` under the "C"
+    /// collation folds ASCII letters only, as SQLite's does.
+    pub const ORG_NAME_CONTAINS: &str = " AND strpos(lower(name COLLATE \"C\"), #) > 0";
     pub const FOR_NO_KEY_UPDATE: &str = " FOR NO KEY UPDATE";
     pub const FOR_UPDATE: &str = " FOR UPDATE";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";

@@ -102,6 +102,9 @@ mod dialect {
          substr(hex(api_key_id), 21)) END";
     pub const UTC_DAY_OF_OCCURRED_AT: &str =
         "strftime('%Y-%m-%d', occurred_at / 1000000, 'unixepoch')";
+    /// An org's name contains the (lower-case) text bound to `#`: SQLite's `lower` folds ASCII
+    /// letters only.
+    pub const ORG_NAME_CONTAINS: &str = " AND instr(lower(name), #) > 0";
     pub const FOR_NO_KEY_UPDATE: &str = "";
     pub const FOR_UPDATE: &str = "";
     pub const FOR_UPDATE_SKIP_LOCKED: &str = "";

@@ -478,19 +478,60 @@ async fn orgs(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
     orgs_page(&req, &session, None).await
 }
 
+/// The filters of the orgs page (named apart from the create form's fields) and the
+/// parameters of `GET /v1/admin/orgs` they become.
+const ORG_FILTERS: [(&str, &str); 3] = [
+    ("search", "name"),
+    ("on_plan", "plan"),
+    ("standing", "frozen"),
+];
+
 async fn orgs_page(
     req: &HttpRequest,
     session: &Session,
     failed: Option<&Failed>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let created = match session
-        .get(req, "/v1/admin/audit?action=org.create&limit=1000")
-        .await
-    {
-        Ok(v) => v,
+    let q = query(req);
+    let (mut filters, mut api_query) = (Vec::new(), Vec::new());
+    for (name, parameter) in ORG_FILTERS {
+        let value = q.get(name).map_or("", |v| v.trim());
+        if !value.is_empty() {
+            filters.push(format!("{name}={}", url_encode(value)));
+            api_query.push(format!("{parameter}={}", url_encode(value)));
+        }
+    }
+    let filter_query = filters.join("&");
+    if let Some(cursor) = q.get("cursor").filter(|c| !c.trim().is_empty()) {
+        api_query.push(format!("cursor={}", url_encode(cursor.trim())));
+    }
+    let path = format!("/v1/admin/orgs?{}", api_query.join("&"));
+    let (listed, problem) = match session.get(req, &path).await {
+        Ok(v) => (v, None),
+        // A bad filter is shown at the form, the page still drawn.
+        Err(p) if p.status.is_client_error() && p.status != StatusCode::FORBIDDEN => {
+            (Value::Null, Some(p))
+        }
         Err(p) => return Ok(problem_page(req, session, None, Section::AdminOrgs, &p)),
     };
-    let entries = items_at(&created, "/entries");
+    let status = match (failed, &problem) {
+        (Some(_), _) => status_of(failed),
+        (None, Some(p)) => p.status,
+        (None, None) => StatusCode::OK,
+    };
+    let filter_errors = problem
+        .map(|p| FormErrors::of(p, &ORG_FILTERS.map(|(_, parameter)| parameter)))
+        .unwrap_or_default();
+    let plans: Vec<(String, String)> = [("", "any plan")]
+        .into_iter()
+        .chain(PLANS.map(|plan| (plan, plan)))
+        .map(|(value, text)| (value.to_owned(), text.to_owned()))
+        .collect();
+    let standings: Vec<(String, String)> = [("", "any"), ("false", "active"), ("true", "frozen")]
+        .map(|(value, text)| (value.to_owned(), text.to_owned()))
+        .to_vec();
+    let orgs = items_at(&listed, "/orgs");
+    let next = str_at(&listed, "/next");
+    let value = |name: &str| q.get(name).map_or(String::new(), |v| v.trim().to_owned());
     let create = errors_of(failed, "create");
     let go = errors_of(failed, "go");
     let body = html! {
@@ -501,24 +542,32 @@ async fn orgs_page(
             (field("Go to an org by id", "go", "text", &typed(failed, "go", "go", ""), Some("its UUID"), go.at("go")))
             button type="submit" { "Open org" }
         }
-        h2 { "Orgs created by admins" }
-        p.muted { "The API has no list of orgs; these are the orgs whose creation the audit log records (up to 1,000)." }
-        @if entries.is_empty() { p { "None yet." } } @else {
+        h2 { "All orgs" }
+        form.stack method="get" action="/portal/admin/orgs" {
+            (form_banner(&filter_errors))
+            (field("Name contains", "search", "text", &value("search"), Some("letters match in either case"), filter_errors.at("name")))
+            (select("Plan", "on_plan", &plans, &value("on_plan"), filter_errors.at("plan")))
+            (select("Standing", "standing", &standings, &value("standing"), filter_errors.at("frozen")))
+            button type="submit" { "Filter" }
+        }
+        @if orgs.is_empty() { p { "No orgs." } } @else {
             div.table-wrap { table {
-                thead { tr { th { "Name" } th { "Plan" } th { "Created" } th { "Id" } } }
-                tbody { @for e in entries.iter().rev() {
-                    @let id = str_at(e, "/target");
+                thead { tr { th { "Name" } th { "Plan" } th { "Standing" } th { "Created" } th { "Id" } } }
+                tbody { @for o in orgs {
+                    @let id = str_at(o, "/id");
                     tr {
-                        td { a href=(format!("/portal/admin/orgs/{id}")) { (str_at(e, "/details/name")) } }
-                        td { (str_at(e, "/details/plan")) }
-                        td { (when(&str_at(e, "/at"))) }
+                        td { a href=(format!("/portal/admin/orgs/{id}")) { (str_at(o, "/name")) } }
+                        td { (str_at(o, "/plan")) }
+                        td { @if o.pointer("/frozen").and_then(Value::as_bool) == Some(true) { "frozen" } @else { "active" } }
+                        td { (when(&str_at(o, "/created_at"))) }
                         td { code { (id) } }
                     }
                 } }
             } }
-            @if created.pointer("/next").is_some_and(|n| !n.is_null()) {
-                p.muted { "More orgs exist than shown; see the audit log filtered by action org.create." }
-            }
+        }
+        @if !next.is_empty() {
+            @let sep = if filter_query.is_empty() { "" } else { "&" };
+            p { a href=(format!("/portal/admin/orgs?{filter_query}{sep}cursor={}", url_encode(&next))) { "Next page →" } }
         }
         h2 { "Create an org" }
         form.stack method="post" action="/portal/admin/orgs" {
@@ -532,7 +581,7 @@ async fn orgs_page(
     Ok(admin_page(
         req,
         session,
-        status_of(failed),
+        status,
         Section::AdminOrgs,
         "Orgs",
         body,

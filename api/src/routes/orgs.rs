@@ -7,8 +7,8 @@ use actix_web::{web, HttpResponse};
 use credex_ledger::OrgId;
 use credex_store::{
     ApiKeyId, ApiKeyName, ApiKeyPrefix, AuditAction, AuditCursor, AuditEntry, AuditFilter, AuditId,
-    IdentityError, NewApiKey, OrgName, PasswordHash, Plan, Role, Scope, Scopes, Store, TokenHash,
-    UserId, VerificationLevel,
+    IdentityError, NewApiKey, OrgFilter, OrgName, PasswordHash, Plan, Role, Scope, Scopes, Store,
+    TokenHash, UserId, VerificationLevel,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -113,6 +113,105 @@ pub async fn create_org(
     )
     .await?;
     Ok(created(format!("/v1/orgs/{}", org.id), OrgView::from(&org)))
+}
+
+/// Which orgs to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrgsQuery {
+    /// Only orgs whose name contains this text: 1 to 100 characters, ASCII letters matching in
+    /// either case, every other character exactly.
+    #[param(
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    name: Option<String>,
+    /// Only orgs on this plan.
+    #[param(value_type = Option<PlanName>)]
+    plan: Option<String>,
+    /// Only frozen orgs (`true`), or only the others (`false`).
+    frozen: Option<bool>,
+    /// `next` of the previous page.
+    #[param(format = Uuid)]
+    cursor: Option<String>,
+    /// At most this many orgs (1 to 1,000; default 100).
+    #[serde(default, deserialize_with = "integer::optional_in_query")]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// A page of orgs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgPage {
+    pub orgs: Vec<OrgView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// Every org, filtered and paged in id order, which is about creation order (admins only).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/orgs",
+    tag = "orgs",
+    security(("bearer" = [])),
+    params(OrgsQuery),
+    responses(
+        (status = 200, description = "A page of orgs", body = OrgPage),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_orgs(
+    _admin: Admin,
+    query: web::Query<OrgsQuery>,
+    auth: web::Data<Authenticator>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let query = query.into_inner();
+    let mut filter = OrgFilter::default();
+    if let Some(plan) = &query.plan {
+        let plan = Plan::parse(plan).map_err(|error| invalid("plan", error))?;
+        filter = filter.on_plan(plan);
+    }
+    if let Some(frozen) = query.frozen {
+        filter = filter.frozen_is(frozen);
+    }
+    if let Some(name) = &query.name {
+        let name = input::text("name", name, OrgName::MAX_CHARS)?;
+        filter = filter.name_containing(name);
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|text| {
+            input::uuid(text)
+                .ok_or_else(|| invalid("cursor", "not a cursor: pass `next` of the previous page"))
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(invalid("limit", "between 1 and 1000"));
+    }
+    // No org has the nil or the max UUID: after the nil one every org comes, after the max
+    // one none.
+    if after == Some(uuid::Uuid::max()) {
+        return Ok(HttpResponse::Ok().json(OrgPage {
+            orgs: Vec::new(),
+            next: None,
+        }));
+    }
+    let after = after.and_then(|uuid| OrgId::new(uuid).ok());
+    let orgs = auth
+        .store
+        .orgs(&filter, after, limit)
+        .await
+        .map_err(|error| internal(&error))?;
+    let next = (orgs.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| orgs.last().map(|org| org.id.to_string()))
+        .flatten();
+    let orgs = orgs.iter().map(OrgView::from).collect();
+    Ok(HttpResponse::Ok().json(OrgPage { orgs, next }))
 }
 
 /// Changes to an org's standing (admins only); absent fields stay as they are.
@@ -867,7 +966,11 @@ pub async fn audit_log(
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(web::resource("/v1/admin/orgs").route(web::post().to(create_org)))
+        .service(
+            web::resource("/v1/admin/orgs")
+                .route(web::get().to(list_orgs))
+                .route(web::post().to(create_org)),
+        )
         .service(web::resource("/v1/admin/orgs/{org_id}").route(web::patch().to(change_org)))
         .service(web::resource("/v1/admin/users").route(web::post().to(create_user)))
         .service(web::resource("/v1/admin/users/{user_id}").route(web::get().to(get_user)))

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use credex_ledger::{Clock, ManualClock, OrgId, Timestamp};
 use credex_store::identity::{
     ApiKeyId, ApiKeyName, ApiKeyPrefix, AuditAction, AuditEntry, AuditFilter, Email, IdentityError,
-    IdentityStore, NewApiKey, OrgName, PasswordHash, Plan, Role, RotateOutcome, Scope, Scopes,
-    TokenFamilyId, TokenHash, UserId, VerificationLevel,
+    IdentityStore, NewApiKey, OrgFilter, OrgName, PasswordHash, Plan, Role, RotateOutcome, Scope,
+    Scopes, TokenFamilyId, TokenHash, UserId, VerificationLevel,
 };
 use credex_store::Store;
 use credex_tests::{on_both_backends, TestDb};
@@ -102,6 +102,71 @@ async fn orgs_are_created_found_and_changed(db: &TestDb) {
     assert_eq!(ids.set_org_plan(unknown, Plan::Free).await.unwrap(), None);
     assert_eq!(ids.set_verification(unknown, level).await.unwrap(), None);
     assert_eq!(ids.set_frozen(unknown, false).await.unwrap(), None);
+}
+
+async fn orgs_are_listed_in_pages_with_filters(db: &TestDb) {
+    let store = store(db).await;
+    let ids = store.identity();
+    let mut made = Vec::new();
+    for (name, plan) in [
+        ("Acme Robotics", Plan::Teams),
+        ("ACME Labs", Plan::Free),
+        ("Zenith Café", Plan::Enterprise),
+        ("Ça va Inc.", Plan::Teams),
+        ("Borealis", Plan::Teams),
+    ] {
+        made.push(ids.create_org(&org_name(name), plan, T0).await.unwrap());
+    }
+    ids.set_frozen(made[4].id, true).await.unwrap();
+    let names = |orgs: &[credex_store::Org]| -> Vec<String> {
+        orgs.iter().map(|org| org.name.to_string()).collect()
+    };
+    let list = |filter: OrgFilter, after: Option<OrgId>, limit: u32| {
+        let ids = store.identity();
+        async move { ids.orgs(&filter, after, limit).await.unwrap() }
+    };
+
+    // All, in id order, in pages.
+    let mut by_id = made.clone();
+    by_id.sort_by_key(|org| org.id);
+    let all = list(OrgFilter::default(), None, 100).await;
+    assert_eq!(all.len(), 5);
+    assert_eq!(names(&all), names(&by_id));
+    let frozen: Vec<_> = all.iter().filter(|org| org.frozen).collect();
+    assert_eq!(frozen.len(), 1);
+    assert_eq!(frozen[0].id, made[4].id);
+    let first = list(OrgFilter::default(), None, 2).await;
+    let second = list(OrgFilter::default(), Some(first[1].id), 2).await;
+    let third = list(OrgFilter::default(), Some(second[1].id), 2).await;
+    let last = list(OrgFilter::default(), Some(third[0].id), 2).await;
+    assert_eq!((first.len(), second.len(), third.len()), (2, 2, 1));
+    assert!(last.is_empty());
+    let paged: Vec<_> = first.into_iter().chain(second).chain(third).collect();
+    assert_eq!(paged, all);
+
+    // By name: ASCII letters in either case, anything else exactly, on both backends alike.
+    let named = |text: &str| list(OrgFilter::default().name_containing(text), None, 100);
+    let mut acme = names(&named("aCmE").await);
+    acme.sort();
+    assert_eq!(acme, ["ACME Labs", "Acme Robotics"]);
+    assert_eq!(names(&named("CAFÉ").await), Vec::<String>::new());
+    assert_eq!(names(&named("café").await), ["Zenith Café"]);
+    assert_eq!(names(&named("ça").await), Vec::<String>::new());
+    assert_eq!(names(&named("ÇA VA").await), ["Ça va Inc."]);
+    assert_eq!(names(&named("%").await), Vec::<String>::new());
+    assert_eq!(names(&named("_").await), Vec::<String>::new());
+    assert_eq!(names(&named("inc.").await), ["Ça va Inc."]);
+
+    // By plan and standing, and all together.
+    let teams = OrgFilter::default().on_plan(Plan::Teams);
+    assert_eq!(list(teams.clone(), None, 100).await.len(), 3);
+    let frozen = teams.clone().frozen_is(true);
+    assert_eq!(names(&list(frozen, None, 100).await), ["Borealis"]);
+    let thawed = teams.frozen_is(false).name_containing("robot");
+    assert_eq!(names(&list(thawed, None, 100).await), ["Acme Robotics"]);
+
+    // The limit is clamped to 1..=1000.
+    assert_eq!(list(OrgFilter::default(), None, 0).await.len(), 1);
 }
 
 async fn store_again(db: &TestDb) -> Arc<dyn Store> {
@@ -816,6 +881,7 @@ async fn audit_log_is_append_only(db: &TestDb) {
 
 on_both_backends!(
     orgs_are_created_found_and_changed,
+    orgs_are_listed_in_pages_with_filters,
     users_are_unique_by_email_in_any_case,
     memberships_are_scoped_by_org,
     refresh_tokens_rotate_and_reuse_revokes_the_family,
