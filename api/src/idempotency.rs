@@ -73,6 +73,31 @@ impl FromRequest for IdempotencyKey {
     }
 }
 
+/// An optional `Idempotency-Key`, for requests that create something without moving value: a
+/// retry with the key answers the first answer instead of creating a second one. Absent, the
+/// request simply runs; present but malformed, it is refused (400) before anything happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionalIdempotencyKey(pub Option<IdempotencyKey>);
+
+impl FromRequest for OptionalIdempotencyKey {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        if req.headers().get(HEADER).is_none() {
+            return ready(Ok(Self(None)));
+        }
+        match IdempotencyKey::from_request(req, payload).into_inner() {
+            Ok(key) => ready(Ok(Self(Some(key)))),
+            Err(_) => ready(Err(ApiError::new(
+                ProblemKind::BadRequest,
+                "an Idempotency-Key is 1 to 255 visible ASCII characters",
+            )
+            .into())),
+        }
+    }
+}
+
 /// The fingerprint of a request: method, path and query, body.
 pub fn fingerprint(req: &HttpRequest, body: &[u8]) -> [u8; 32] {
     Sha256::new()
@@ -176,6 +201,24 @@ where
                 Err(error)
             }
         },
+    }
+}
+
+/// [`once`] when the request has a key; otherwise `work`, run as it is.
+pub async fn maybe_once<F, Fut>(
+    store: &dyn Store,
+    scope: &str,
+    key: &OptionalIdempotencyKey,
+    fingerprint: [u8; 32],
+    work: F,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Answer, actix_web::Error>>,
+{
+    match &key.0 {
+        Some(key) => once(store, scope, key, fingerprint, work).await,
+        None => work().await.map(|answer| answer.response()),
     }
 }
 

@@ -897,7 +897,80 @@ async fn credex_serve_delivers_what_is_queued(db: &TestDb) {
     assert!(server.wait_stopped().success(), "{}", server.log());
 }
 
+/// A budget or webhook created with an `Idempotency-Key` is created once: a retry answers the
+/// first answer (the same id, and for a webhook the same secret), the key with another body is
+/// refused, and a malformed key is refused before anything is stored.
+async fn creations_with_a_key_happen_once(db: &TestDb) {
+    let fixture = Fixture::new(db).await;
+    let service = test::init_service(app(fixture.assembled.parts.clone())).await;
+    let (org, alice) = acme(&service).await;
+    let budgets = format!("/v1/orgs/{org}/budgets");
+    let hooks = format!("/v1/orgs/{org}/webhooks");
+    let team = json!({"name": "Team", "scope": {"kind": "org"}, "period": "month",
+        "limit_micro_cr": 500_000, "thresholds": [50, 100]});
+    let hook = json!({"url": "http://hooks.example.com/credex", "description": "ops pager"});
+    let keyed = |uri: &str, body: &Value, key: &str| {
+        request("POST", uri, &alice, Some(body.clone())).insert_header(("Idempotency-Key", key))
+    };
+    // An org's keys are one namespace: each creation here has its own.
+    for (uri, body, list, key) in [
+        (&budgets, &team, None, "budget-once"),
+        (&hooks, &hook, Some("/webhooks"), "webhook-once"),
+    ] {
+        let first = call(&service, keyed(uri, body, key)).await;
+        expect(&first, StatusCode::CREATED, uri);
+        assert!(!first.headers.contains_key("idempotent-replayed"));
+        let again = call(&service, keyed(uri, body, key)).await;
+        expect(&again, StatusCode::CREATED, uri);
+        assert_eq!(
+            again
+                .headers
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        assert_eq!(again.body, first.body, "the first answer, secret and all");
+        assert_eq!(again.headers.get("location"), first.headers.get("location"));
+        let mut other = body.clone();
+        let field = if list.is_some() {
+            "description"
+        } else {
+            "name"
+        };
+        other[field] = json!("Other");
+        let reused = call(&service, keyed(uri, &other, key)).await;
+        expect_problem(&reused, "the key with another body");
+        for bad in ["", "with space", &"k".repeat(256)] {
+            let refused = call(&service, keyed(uri, body, bad)).await;
+            expect(&refused, StatusCode::BAD_REQUEST, "a malformed key");
+        }
+        // Without a key, each request creates.
+        let plain = call(&service, request("POST", uri, &alice, Some(body.clone()))).await;
+        expect(&plain, StatusCode::CREATED, uri);
+        assert_ne!(plain.body["id"], first.body["id"]);
+        let listed = call(&service, request("GET", uri, &alice, None)).await;
+        expect(&listed, StatusCode::OK, uri);
+        let items = match list {
+            Some(_) => listed.body["webhooks"].clone(),
+            None => listed.body.clone(),
+        };
+        let ids: Vec<&Value> = items
+            .as_array()
+            .unwrap_or_else(|| panic!("a list: {}", listed.body))
+            .iter()
+            .map(|item| &item["id"])
+            .collect();
+        assert_eq!(
+            ids,
+            [&first.body["id"], &plain.body["id"]],
+            "{uri}: two, not six"
+        );
+    }
+    fixture.close().await;
+}
+
 on_both_backends!(
+    creations_with_a_key_happen_once,
     credex_serve_delivers_what_is_queued,
     alerts_reach_owners_by_email_and_webhooks_signed,
     a_failing_receiver_is_retried_across_a_restart,

@@ -2,8 +2,8 @@
 //! may spend per period (see [`crate::budgets`]); members read them, with what each has spent
 //! in its current period, and the alerts their thresholds raised.
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
 use credex_store::{AuditAction, AuditEntry, BudgetAlertRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,8 +13,10 @@ use crate::auth::access::{OrgAccess, Owner, Read};
 use crate::budgets::{
     Budget, BudgetError, NewBudget, Period, Scope, BUDGETS_MAX, DEFAULT_THRESHOLDS,
 };
+use crate::idempotency::{self, Answer, OptionalIdempotencyKey};
 use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
+use crate::routes::ledger::json_body;
 use crate::startup::AppState;
 use crate::views::rfc3339;
 
@@ -252,26 +254,45 @@ fn audit(
     path = "/v1/orgs/{org_id}/budgets",
     tag = "usage",
     security(("bearer" = [])),
-    params(("org_id" = String, Path, format = Uuid, description = "The org")),
+    params(
+        ("org_id" = String, Path, format = Uuid, description = "The org"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]{1,255}$", description = "Optional: 1 to 255 visible ASCII characters, new for each new budget; a retry with the same key answers the first answer instead of setting a second budget"),
+    ),
     request_body = BudgetBody,
     responses(
-        (status = 201, description = "The budget; `Location` names it", body = BudgetView,
+        (status = 201, description = "The budget (or, for a retry with the same `Idempotency-Key`, the first answer, with `Idempotent-Replayed: true`); `Location` names it", body = BudgetView,
             headers(("Location" = String, description = "The budget: `/v1/orgs/{org_id}/budgets/{budget_id}`"))),
-        (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed body or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an owner of the org; or the org's plan does not have this budget (Free: none; Teams: monthly or per-cycle, two thresholds at most, no per-user budgets; the detail says which)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The org has 100 budgets", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The org has 100 budgets, or the first request with this Idempotency-Key is still running", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is not valid: an unknown time zone, thresholds not ascending, a malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is not valid (an unknown time zone, thresholds not ascending, a malformed id), or the Idempotency-Key was used for another request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_budget(
     access: OrgAccess<Owner>,
-    body: web::Json<BudgetBody>,
+    req: HttpRequest,
+    key: OptionalIdempotencyKey,
+    body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let new = body.into_inner().parse()?;
+    let new = json_body::<BudgetBody>(&req, &body)?.parse()?;
+    let fingerprint = idempotency::fingerprint(&req, &body);
+    let store = state.ledger.store().clone();
+    let scope = access.org.to_string();
+    idempotency::maybe_once(store.as_ref(), &scope, &key, fingerprint, || async move {
+        set_budget(&access, new, &state).await
+    })
+    .await
+}
+
+async fn set_budget(
+    access: &OrgAccess<Owner>,
+    new: NewBudget,
+    state: &AppState,
+) -> Result<Answer, actix_web::Error> {
     let store = state.ledger.store();
     let now = store.clock().now();
     let plan = store
@@ -298,7 +319,7 @@ pub async fn create_budget(
     let entry = audit(
         "budgets.create",
         now,
-        &access,
+        access,
         serde_json::json!({"budget_id": record.id, "limit_micro_cr": record.limit_micro_cr,
             "hard": record.hard}),
     )?;
@@ -306,10 +327,12 @@ pub async fn create_budget(
         .put_budget(&record, &entry)
         .await
         .map_err(|error| internal(&error))?;
-    let location = format!("/v1/orgs/{}/budgets/{}", access.org, record.id);
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, location))
-        .json(budget_view(&state, &budget).await?))
+    let view = budget_view(state, &budget).await?;
+    Ok(Answer {
+        status: StatusCode::CREATED,
+        location: Some(format!("/v1/orgs/{}/budgets/{}", access.org, record.id)),
+        body: serde_json::to_value(view).map_err(|error| ApiError::internal(&error))?,
+    })
 }
 
 async fn org_budgets(
@@ -469,11 +492,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(
             web::resource("/v1/orgs/{org_id}/budgets")
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(16 << 10)
-                        .error_handler(crate::problem::json_error),
-                )
+                // The create reads its body raw (for the Idempotency-Key's fingerprint).
+                .app_data(web::PayloadConfig::new(16 << 10))
                 .route(web::get().to(budgets))
                 .route(web::post().to(create_budget)),
         )

@@ -2,8 +2,8 @@
 //! posted to (signed; see [`crate::notify`]), members list them and read every delivery (e-mail
 //! and webhook) with each of its attempts (see [`crate::delivery`]).
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
 use credex_ledger::{OrgId, Timestamp};
 use credex_store::{
     AttemptOutcome, AttemptRecord, AuditAction, AuditEntry, DeliveryChannel, DeliveryFilter,
@@ -15,8 +15,10 @@ use uuid::Uuid;
 
 use crate::auth::access::{OrgAccess, Owner, Read};
 use crate::delivery::{EVENT_BUDGET_ALERT, WEBHOOKS_MAX};
+use crate::idempotency::{self, Answer, OptionalIdempotencyKey};
 use crate::input::{self, integer, invalid};
 use crate::problem::{ApiError, Problem, ProblemKind};
+use crate::routes::ledger::json_body;
 use crate::startup::AppState;
 use crate::views::rfc3339;
 
@@ -324,26 +326,31 @@ fn cursor(raw: &str) -> Option<(Timestamp, Uuid)> {
     path = "/v1/orgs/{org_id}/webhooks",
     tag = "usage",
     security(("bearer" = [])),
-    params(("org_id" = String, Path, format = Uuid, description = "The org")),
+    params(
+        ("org_id" = String, Path, format = Uuid, description = "The org"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]{1,255}$", description = "Optional: 1 to 255 visible ASCII characters, new for each new webhook; a retry with the same key answers the first answer (the same webhook and secret) instead of registering a second one"),
+    ),
     request_body = WebhookBody,
     responses(
-        (status = 201, description = "The webhook with its secret; `Location` names it", body = WebhookView,
+        (status = 201, description = "The webhook with its secret (or, for a retry with the same `Idempotency-Key`, the first answer, with `Idempotent-Replayed: true`); `Location` names it", body = WebhookView,
             headers(("Location" = String, description = "The webhook: `/v1/orgs/{org_id}/webhooks/{webhook_id}`"))),
-        (status = 400, description = "A malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed body or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an owner of the org", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such org", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The org has 20 webhooks", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The org has 20 webhooks, or the first request with this Idempotency-Key is still running", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is not valid (a URL that is not public `http://`, a description with control characters)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is not valid (a URL that is not public `http://`, a description with control characters), or the Idempotency-Key was used for another request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_webhook(
     access: OrgAccess<Owner>,
-    body: web::Json<WebhookBody>,
+    req: HttpRequest,
+    key: OptionalIdempotencyKey,
+    raw: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let body = body.into_inner();
+    let body: WebhookBody = json_body(&req, &raw)?;
     if body.url.len() > URL_MAX {
         return Err(invalid("url", "at most 2048 characters"));
     }
@@ -372,6 +379,23 @@ pub async fn create_webhook(
         }
         None => {}
     }
+    let fingerprint = idempotency::fingerprint(&req, &raw);
+    let store = state.ledger.store().clone();
+    let scope = access.org.to_string();
+    idempotency::maybe_once(store.as_ref(), &scope, &key, fingerprint, || async move {
+        register(&access, body.url, description, &events, &state).await
+    })
+    .await
+}
+
+/// Registers a validated webhook, if the org has room for it.
+async fn register(
+    access: &OrgAccess<Owner>,
+    url: String,
+    description: String,
+    events: &[&'static str],
+    state: &AppState,
+) -> Result<Answer, actix_web::Error> {
     let store = state.ledger.store();
     let existing = store
         .webhooks_of(
@@ -394,7 +418,7 @@ pub async fn create_webhook(
     let record = WebhookRecord {
         id: Uuid::now_v7(),
         org: access.org,
-        url: body.url,
+        url,
         secret: format!("whsec_{secret}"),
         description,
         events: events.iter().map(|&event| event.to_owned()).collect(),
@@ -404,7 +428,7 @@ pub async fn create_webhook(
     let entry = audit(
         "webhooks.create",
         now,
-        &access,
+        access,
         serde_json::json!({"webhook_id": record.id, "url": record.url}),
     )?;
     store
@@ -413,12 +437,11 @@ pub async fn create_webhook(
         .map_err(|error| internal(&error))?;
     let mut view = WebhookView::from(&record);
     view.secret = Some(record.secret.clone());
-    Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            format!("/v1/orgs/{}/webhooks/{}", access.org, record.id),
-        ))
-        .json(view))
+    Ok(Answer {
+        status: StatusCode::CREATED,
+        location: Some(format!("/v1/orgs/{}/webhooks/{}", access.org, record.id)),
+        body: serde_json::to_value(view).map_err(|error| ApiError::internal(&error))?,
+    })
 }
 
 /// The org's webhooks, oldest first, without their secrets (members; API keys need `read`).
@@ -649,11 +672,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(
             web::resource("/v1/orgs/{org_id}/webhooks")
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(16 << 10)
-                        .error_handler(crate::problem::json_error),
-                )
+                // The create reads its body raw (for the Idempotency-Key's fingerprint).
+                .app_data(web::PayloadConfig::new(16 << 10))
                 .route(web::get().to(webhooks))
                 .route(web::post().to(create_webhook)),
         )
