@@ -49,20 +49,22 @@ impl IdempotencyKey {
     }
 }
 
+impl IdempotencyKey {
+    /// The key a header value holds, if it is 1 to 255 visible ASCII characters.
+    fn parse(value: &header::HeaderValue) -> Option<Self> {
+        let key = value.to_str().ok()?;
+        let valid = (1..=KEY_MAX_LEN).contains(&key.len())
+            && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        valid.then(|| IdempotencyKey(key.to_owned()))
+    }
+}
+
 impl FromRequest for IdempotencyKey {
     type Error = actix_web::Error;
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let key = req
-            .headers()
-            .get(HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|key| {
-                (1..=KEY_MAX_LEN).contains(&key.len())
-                    && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
-            })
-            .map(|key| IdempotencyKey(key.to_owned()));
+        let key = req.headers().get(HEADER).and_then(IdempotencyKey::parse);
         ready(key.ok_or_else(|| {
             ApiError::new(
                 ProblemKind::BadRequest,
@@ -83,18 +85,20 @@ impl FromRequest for OptionalIdempotencyKey {
     type Error = actix_web::Error;
     type Future = Ready<Result<Self, Self::Error>>;
 
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        if req.headers().get(HEADER).is_none() {
-            return ready(Ok(Self(None)));
-        }
-        match IdempotencyKey::from_request(req, payload).into_inner() {
-            Ok(key) => ready(Ok(Self(Some(key)))),
-            Err(_) => ready(Err(ApiError::new(
-                ProblemKind::BadRequest,
-                "an Idempotency-Key is 1 to 255 visible ASCII characters",
-            )
-            .into())),
-        }
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(match req.headers().get(HEADER) {
+            None => Ok(Self(None)),
+            Some(value) => IdempotencyKey::parse(value)
+                .map(Some)
+                .map(Self)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ProblemKind::BadRequest,
+                        "an Idempotency-Key is 1 to 255 visible ASCII characters",
+                    )
+                    .into()
+                }),
+        })
     }
 }
 

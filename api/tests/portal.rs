@@ -193,6 +193,27 @@ async fn the_portal_door(db: &TestDb) {
         "{text}"
     );
 
+    // The audit log page reads its list the same way: entries, or a bad filter at its field.
+    let response = test::call_service(
+        &service,
+        page("/portal/admin/audit?action=org.create", &jar).to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = body_text(response).await;
+    assert!(
+        text.contains("org.create") && text.contains("Globex"),
+        "{text}"
+    );
+    let response = test::call_service(
+        &service,
+        page("/portal/admin/audit?since=yesterday", &jar).to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = body_text(response).await;
+    assert!(text.contains(r#"aria-invalid="true""#), "{text}");
+
     // An offsite `next` is not followed.
     let body = format!("csrf={token}&{credentials}&next=//evil.example/");
     let response =

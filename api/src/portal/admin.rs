@@ -454,6 +454,62 @@ async fn platform(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
     ))
 }
 
+/// A filtered, paged list an admin page reads from the API.
+struct Listed {
+    /// The page's own filters as a query string, for the next page's link.
+    filter_query: String,
+    /// The API's answer (`Null` when it refused the filters).
+    answer: Value,
+    /// Why the API refused the filters, at the form's fields.
+    errors: FormErrors,
+    /// The page's status: the API's refusal, or 200.
+    status: StatusCode,
+}
+
+/// Reads `api` filtered by the page's query: each `(field, parameter)` of `filters` that is set
+/// in the page's query becomes `parameter` of the API's, and so does `cursor`. A refused filter
+/// is shown at its field (the page still drawn); any other problem is the whole page.
+async fn list_for(
+    req: &HttpRequest,
+    session: &Session,
+    section: Section,
+    api: &str,
+    filters: &[(&str, &str)],
+) -> Result<Listed, HttpResponse> {
+    let q = query(req);
+    let (mut own, mut api_query) = (Vec::new(), Vec::new());
+    for (field, parameter) in filters {
+        let value = q.get(*field).map_or("", |v| v.trim());
+        if !value.is_empty() {
+            own.push(format!("{field}={}", url_encode(value)));
+            api_query.push(format!("{parameter}={}", url_encode(value)));
+        }
+    }
+    if let Some(cursor) = q.get("cursor").filter(|c| !c.trim().is_empty()) {
+        api_query.push(format!("cursor={}", url_encode(cursor.trim())));
+    }
+    let path = format!("{api}?{}", api_query.join("&"));
+    let filter_query = own.join("&");
+    match session.get(req, &path).await {
+        Ok(answer) => Ok(Listed {
+            filter_query,
+            answer,
+            errors: FormErrors::default(),
+            status: StatusCode::OK,
+        }),
+        Err(p) if p.status.is_client_error() && p.status != StatusCode::FORBIDDEN => {
+            let parameters: Vec<&str> = filters.iter().map(|(_, parameter)| *parameter).collect();
+            Ok(Listed {
+                filter_query,
+                answer: Value::Null,
+                status: p.status,
+                errors: FormErrors::of(p, &parameters),
+            })
+        }
+        Err(p) => Err(problem_page(req, session, None, section, &p)),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Orgs.
 
@@ -491,36 +547,25 @@ async fn orgs_page(
     session: &Session,
     failed: Option<&Failed>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let q = query(req);
-    let (mut filters, mut api_query) = (Vec::new(), Vec::new());
-    for (name, parameter) in ORG_FILTERS {
-        let value = q.get(name).map_or("", |v| v.trim());
-        if !value.is_empty() {
-            filters.push(format!("{name}={}", url_encode(value)));
-            api_query.push(format!("{parameter}={}", url_encode(value)));
-        }
-    }
-    let filter_query = filters.join("&");
-    if let Some(cursor) = q.get("cursor").filter(|c| !c.trim().is_empty()) {
-        api_query.push(format!("cursor={}", url_encode(cursor.trim())));
-    }
-    let path = format!("/v1/admin/orgs?{}", api_query.join("&"));
-    let (listed, problem) = match session.get(req, &path).await {
-        Ok(v) => (v, None),
-        // A bad filter is shown at the form, the page still drawn.
-        Err(p) if p.status.is_client_error() && p.status != StatusCode::FORBIDDEN => {
-            (Value::Null, Some(p))
-        }
-        Err(p) => return Ok(problem_page(req, session, None, Section::AdminOrgs, &p)),
+    let listed = match list_for(
+        req,
+        session,
+        Section::AdminOrgs,
+        "/v1/admin/orgs",
+        &ORG_FILTERS,
+    )
+    .await
+    {
+        Ok(listed) => listed,
+        Err(page) => return Ok(page),
     };
-    let status = match (failed, &problem) {
-        (Some(_), _) => status_of(failed),
-        (None, Some(p)) => p.status,
-        (None, None) => StatusCode::OK,
+    let status = if failed.is_some() {
+        status_of(failed)
+    } else {
+        listed.status
     };
-    let filter_errors = problem
-        .map(|p| FormErrors::of(p, &ORG_FILTERS.map(|(_, parameter)| parameter)))
-        .unwrap_or_default();
+    let filter_errors = &listed.errors;
+    let filter_query = &listed.filter_query;
     let plans: Vec<(String, String)> = [("", "any plan")]
         .into_iter()
         .chain(PLANS.map(|plan| (plan, plan)))
@@ -529,8 +574,9 @@ async fn orgs_page(
     let standings: Vec<(String, String)> = [("", "any"), ("false", "active"), ("true", "frozen")]
         .map(|(value, text)| (value.to_owned(), text.to_owned()))
         .to_vec();
-    let orgs = items_at(&listed, "/orgs");
-    let next = str_at(&listed, "/next");
+    let orgs = items_at(&listed.answer, "/orgs");
+    let next = str_at(&listed.answer, "/next");
+    let q = query(req);
     let value = |name: &str| q.get(name).map_or(String::new(), |v| v.trim().to_owned());
     let create = errors_of(failed, "create");
     let go = errors_of(failed, "go");
@@ -544,7 +590,7 @@ async fn orgs_page(
         }
         h2 { "All orgs" }
         form.stack method="get" action="/portal/admin/orgs" {
-            (form_banner(&filter_errors))
+            (form_banner(filter_errors))
             (field("Name contains", "search", "text", &value("search"), Some("letters match in either case"), filter_errors.at("name")))
             (select("Plan", "on_plan", &plans, &value("on_plan"), filter_errors.at("plan")))
             (select("Standing", "standing", &standings, &value("standing"), filter_errors.at("frozen")))
@@ -2018,39 +2064,33 @@ const AUDIT_FILTERS: [&str; 6] = ["action", "actor", "org", "since", "until", "l
 
 async fn audit(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
     let session = Session::of(&req).await?;
-    let q = query(&req);
-    let mut filters = Vec::new();
-    for name in AUDIT_FILTERS {
-        let value = q.get(name).map_or("", |v| v.trim());
-        if !value.is_empty() {
-            filters.push(format!("{name}={}", url_encode(value)));
-        }
-    }
-    let filter_query = filters.join("&");
-    let mut api_query = filters.clone();
-    if let Some(cursor) = q.get("cursor").filter(|c| !c.trim().is_empty()) {
-        api_query.push(format!("cursor={}", url_encode(cursor.trim())));
-    }
-    let path = format!("/v1/admin/audit?{}", api_query.join("&"));
-    let (log, problem) = match session.get(&req, &path).await {
-        Ok(v) => (v, None),
-        // A bad filter is shown at the form, the page still drawn.
-        Err(p) if p.status.is_client_error() && p.status != StatusCode::FORBIDDEN => {
-            (Value::Null, Some(p))
-        }
-        Err(p) => return Ok(problem_page(&req, &session, None, Section::AdminAudit, &p)),
+    let filters = AUDIT_FILTERS.map(|name| (name, name));
+    let listed = match list_for(
+        &req,
+        &session,
+        Section::AdminAudit,
+        "/v1/admin/audit",
+        &filters,
+    )
+    .await
+    {
+        Ok(listed) => listed,
+        Err(page) => return Ok(page),
     };
-    let status = problem.as_ref().map_or(StatusCode::OK, |p| p.status);
-    let errors = problem
-        .map(|p| FormErrors::of(p, &AUDIT_FILTERS))
-        .unwrap_or_default();
-    let next = str_at(&log, "/next");
+    let (log, status, errors, filter_query) = (
+        &listed.answer,
+        listed.status,
+        &listed.errors,
+        &listed.filter_query,
+    );
+    let next = str_at(log, "/next");
+    let q = query(&req);
     let value = |name: &str| q.get(name).map_or(String::new(), |v| v.trim().to_owned());
     let body = html! {
         h1 { "Audit log" }
         p.muted { "Every admin action, oldest first." }
         form.stack method="get" action="/portal/admin/audit" {
-            (form_banner(&errors))
+            (form_banner(errors))
             (field("Action", "action", "text", &value("action"), Some("e.g. org.create, org.link, review.clear"), errors.at("action")))
             (field("Actor", "actor", "text", &value("actor"), Some("user id"), errors.at("actor")))
             (field("Org", "org", "text", &value("org"), Some("org id"), errors.at("org")))
@@ -2059,7 +2099,7 @@ async fn audit(req: HttpRequest) -> Result<HttpResponse, actix_web::Error> {
             (field("Per page", "limit", "text", &value("limit"), Some("1 to 1,000; default 100"), errors.at("limit")))
             button type="submit" { "Filter" }
         }
-        @let entries = items_at(&log, "/entries");
+        @let entries = items_at(log, "/entries");
         @if entries.is_empty() { p { "No entries." } } @else {
             div.table-wrap { table {
                 thead { tr { th { "At" } th { "Action" } th { "Actor" } th { "Org" } th { "Target" } th { "Details" } } }
