@@ -13,7 +13,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::market::transfer_ids_json;
 use crate::sql::{has_code, shared_store, AccountCache};
+use crate::usage::{
+    RollupRow, UsageRecord, UsageTotal, ROLLUP_COLUMNS, ROLLUP_ON_CONFLICT, USAGE_COLUMNS,
+};
 use crate::StoreError;
 
 /// The ledger in PostgreSQL.
@@ -377,6 +381,129 @@ mod dialect {
         .bind(total(1))
         .bind(total(2))
         .bind(total(3))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Inserts usage calls in one statement whatever their number: the columns bound as
+    /// arrays, so the statement's text (and its prepared plan) is the same for one call or a
+    /// thousand.
+    pub async fn insert_usage_events(
+        conn: &mut PgConnection,
+        records: &[UsageRecord],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len();
+        let mut orgs = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut models = Vec::with_capacity(n);
+        let mut classes = Vec::with_capacity(n);
+        let mut assets = Vec::with_capacity(n);
+        let mut counts: [Vec<i64>; 8] = Default::default();
+        let mut sources = Vec::with_capacity(n);
+        let mut occurred = Vec::with_capacity(n);
+        let mut recorded = Vec::with_capacity(n);
+        let mut users = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut tasks = Vec::with_capacity(n);
+        let mut conversations = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
+        let mut transfers = Vec::with_capacity(n);
+        for record in records {
+            orgs.push(record.org.as_uuid());
+            ids.push(record.id);
+            models.push(record.model.as_str());
+            classes.push(record.class.as_str());
+            assets.push(record.asset.as_str());
+            let stored = UsageTotal::of_call(record).stored_counts()?;
+            for (column, count) in counts.iter_mut().zip(stored) {
+                column.push(count);
+            }
+            sources.push(record.price_source.as_str());
+            occurred.push(record.occurred_at.as_micros());
+            recorded.push(record.recorded_at.as_micros());
+            users.push(record.user);
+            keys.push(record.api_key);
+            tasks.push(record.task.as_deref());
+            conversations.push(record.conversation.as_deref());
+            metadata.push(record.metadata.as_deref());
+            fingerprints.push(record.fingerprint.as_slice());
+            transfers.push(transfer_ids_json(&record.transfer_ids));
+        }
+        let [input, cached, written, output, cost, acquired, alloc, wallet] = counts;
+        sqlx::query(
+            &format!(
+                "INSERT INTO usage_events ({USAGE_COLUMNS}) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[], $14::text[], $15::int8[], $16::int8[], $17::uuid[], \
+             $18::uuid[], $19::text[], $20::text[], $21::text[], $22::bytea[], $23::text[])"
+            ),
+        )
+        .bind(orgs)
+        .bind(ids)
+        .bind(models)
+        .bind(classes)
+        .bind(assets)
+        .bind(input)
+        .bind(cached)
+        .bind(written)
+        .bind(output)
+        .bind(cost)
+        .bind(acquired)
+        .bind(alloc)
+        .bind(wallet)
+        .bind(sources)
+        .bind(occurred)
+        .bind(recorded)
+        .bind(users)
+        .bind(keys)
+        .bind(tasks)
+        .bind(conversations)
+        .bind(metadata)
+        .bind(fingerprints)
+        .bind(transfers)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds rollup rows, in the order given (a function scan of the arrays), in one statement
+    /// whatever their number.
+    pub async fn add_usage_rollups(
+        conn: &mut PgConnection,
+        rows: &[RollupRow],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let orgs: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
+        let dimensions: Vec<&str> = rows.iter().map(|row| row.1).collect();
+        let days: Vec<i64> = rows.iter().map(|row| row.2).collect();
+        let keys: Vec<&str> = rows.iter().map(|row| row.3.as_str()).collect();
+        let events: Vec<i64> = rows.iter().map(|row| row.4).collect();
+        let count = |i: usize| -> Vec<i64> { rows.iter().map(|row| row.5[i]).collect() };
+        sqlx::query(&format!(
+            "INSERT INTO usage_rollups ({ROLLUP_COLUMNS}) SELECT * FROM UNNEST($1::uuid[], \
+             $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], \
+             $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[]){ROLLUP_ON_CONFLICT}"
+        ))
+        .bind(orgs)
+        .bind(dimensions)
+        .bind(days)
+        .bind(keys)
+        .bind(events)
+        .bind(count(0))
+        .bind(count(1))
+        .bind(count(2))
+        .bind(count(3))
+        .bind(count(4))
+        .bind(count(5))
+        .bind(count(6))
+        .bind(count(7))
         .execute(conn)
         .await?;
         Ok(())

@@ -16,7 +16,11 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
+use crate::market::transfer_ids_json;
 use crate::sql::{has_code, shared_store, AccountCache};
+use crate::usage::{
+    RollupRow, UsageRecord, UsageTotal, ROLLUP_COLUMNS, ROLLUP_ON_CONFLICT, USAGE_COLUMNS,
+};
 use crate::StoreError;
 
 /// The ledger in an SQLite file.
@@ -362,6 +366,75 @@ mod dialect {
         .bind(serde_json::to_string(&rows).expect("changes serialize"))
         .execute(conn)
         .await?;
+        Ok(())
+    }
+
+    /// Inserts usage calls as one multi-row `VALUES` (at most `INSERT_ROWS_MAX` of them, 23
+    /// binds each, within SQLite's 32,766).
+    pub async fn insert_usage_events(
+        conn: &mut SqliteConnection,
+        records: &[UsageRecord],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(records.len());
+        for record in records {
+            rows.push((record, UsageTotal::of_call(record).stored_counts()?));
+        }
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO usage_events ({USAGE_COLUMNS}) "
+        ));
+        query.push_values(rows, |mut row, (record, counts)| {
+            row.push_bind(record.org.as_uuid())
+                .push_bind(record.id)
+                .push_bind(record.model.clone())
+                .push_bind(record.class.clone())
+                .push_bind(record.asset.clone());
+            for count in counts {
+                row.push_bind(count);
+            }
+            row.push_bind(record.price_source.clone())
+                .push_bind(record.occurred_at.as_micros())
+                .push_bind(record.recorded_at.as_micros())
+                .push_bind(record.user)
+                .push_bind(record.api_key)
+                .push_bind(record.task.clone())
+                .push_bind(record.conversation.clone())
+                .push_bind(record.metadata.clone())
+                .push_bind(record.fingerprint.to_vec())
+                .push_bind(transfer_ids_json(&record.transfer_ids));
+        });
+        query.build().execute(conn).await?;
+        Ok(())
+    }
+
+    /// Adds rollup rows, in the order given, as one multi-row `VALUES` (13 binds each).
+    pub async fn add_usage_rollups(
+        conn: &mut SqliteConnection,
+        rows: &[RollupRow],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO usage_rollups ({ROLLUP_COLUMNS}) "
+        ));
+        query.push_values(
+            rows,
+            |mut row, (org, dimension, day, key, events, counts)| {
+                row.push_bind(*org)
+                    .push_bind(*dimension)
+                    .push_bind(*day)
+                    .push_bind(key.clone())
+                    .push_bind(*events);
+                for count in counts {
+                    row.push_bind(*count);
+                }
+            },
+        );
+        query.push(ROLLUP_ON_CONFLICT);
+        query.build().execute(conn).await?;
         Ok(())
     }
 }

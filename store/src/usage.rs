@@ -577,6 +577,49 @@ pub(crate) fn rollup_deltas(
     rows
 }
 
+/// The columns of `usage_events`, in the order every statement names them.
+pub(crate) const USAGE_COLUMNS: &str = "org_id, id, model, class, asset, input_tokens, \
+     cached_input_tokens, cache_write_tokens, output_tokens, cost_micro_cr, \
+     from_acquired, from_alloc, from_wallet_micro_cr, price_source, occurred_at, \
+     recorded_at, user_id, api_key_id, task, conversation, metadata, fingerprint, \
+     transfer_ids";
+
+/// The columns a rollup row is inserted with, and what a row already there adds.
+pub(crate) const ROLLUP_COLUMNS: &str = "org_id, dimension, day, key, events, input_tokens, \
+     cached_input_tokens, cache_write_tokens, output_tokens, cost_micro_cr, from_acquired, \
+     from_alloc, from_wallet_micro_cr";
+pub(crate) const ROLLUP_ON_CONFLICT: &str =
+    " ON CONFLICT (org_id, dimension, day, key) DO UPDATE SET \
+     events = usage_rollups.events + excluded.events, \
+     input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
+     cached_input_tokens = usage_rollups.cached_input_tokens + excluded.cached_input_tokens, \
+     cache_write_tokens = usage_rollups.cache_write_tokens + excluded.cache_write_tokens, \
+     output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+     cost_micro_cr = usage_rollups.cost_micro_cr + excluded.cost_micro_cr, \
+     from_acquired = usage_rollups.from_acquired + excluded.from_acquired, \
+     from_alloc = usage_rollups.from_alloc + excluded.from_alloc, \
+     from_wallet_micro_cr = usage_rollups.from_wallet_micro_cr + excluded.from_wallet_micro_cr";
+
+/// One rollup row to add: org, dimension, day, key, events and the stored counts.
+pub(crate) type RollupRow = (Uuid, &'static str, i64, String, i64, [i64; 8]);
+
+/// The rollup rows `records` add, in key order, as the database stores their counts.
+pub(crate) fn rollup_rows(records: &[UsageRecord]) -> Result<Vec<RollupRow>, StoreError> {
+    rollup_deltas(records)
+        .into_iter()
+        .map(|((org, dimension, day, key), sums)| {
+            Ok((
+                org,
+                dimension,
+                day,
+                key,
+                crate::market::signed(sums.events)?,
+                sums.stored_counts()?,
+            ))
+        })
+        .collect()
+}
+
 /// Which rollup dimension answers a grouping, when the filter allows rollups at all (only a
 /// range: any other filter, or grouping by conversation, needs the calls themselves).
 pub(crate) fn rollup_dimension(group: UsageGroup, filter: &UsageFilter) -> Option<&'static str> {
@@ -688,11 +731,7 @@ macro_rules! shared_usage {
             type Connection = <$db as sqlx::Database>::Connection;
             type DbRow = <$db as sqlx::Database>::Row;
 
-            const COLUMNS: &str = "org_id, id, model, class, asset, input_tokens, \
-                 cached_input_tokens, cache_write_tokens, output_tokens, cost_micro_cr, \
-                 from_acquired, from_alloc, from_wallet_micro_cr, price_source, occurred_at, \
-                 recorded_at, user_id, api_key_id, task, conversation, metadata, fingerprint, \
-                 transfer_ids";
+            use crate::usage::USAGE_COLUMNS as COLUMNS;
 
             fn record(row: &DbRow) -> Result<UsageRecord, StoreError> {
                 let count = |column: &str| -> Result<u64, StoreError> {
@@ -812,81 +851,12 @@ macro_rules! shared_usage {
                 records: &[UsageRecord],
             ) -> Result<(), StoreError> {
                 for chunk in records.chunks(INSERT_ROWS_MAX) {
-                    let mut rows = Vec::with_capacity(chunk.len());
-                    for record in chunk {
-                        rows.push((record, UsageTotal::of_call(record).stored_counts()?));
-                    }
-                    let mut query = sqlx::QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO usage_events ({COLUMNS}) "
-                    ));
-                    query.push_values(rows, |mut row, (record, counts)| {
-                        row.push_bind(record.org.as_uuid())
-                            .push_bind(record.id)
-                            .push_bind(record.model.clone())
-                            .push_bind(record.class.clone())
-                            .push_bind(record.asset.clone());
-                        for count in counts {
-                            row.push_bind(count);
-                        }
-                        row.push_bind(record.price_source.clone())
-                            .push_bind(record.occurred_at.as_micros())
-                            .push_bind(record.recorded_at.as_micros())
-                            .push_bind(record.user)
-                            .push_bind(record.api_key)
-                            .push_bind(record.task.clone())
-                            .push_bind(record.conversation.clone())
-                            .push_bind(record.metadata.clone())
-                            .push_bind(record.fingerprint.to_vec())
-                            .push_bind(transfer_ids_json(&record.transfer_ids));
-                    });
-                    query.build().execute(&mut *conn).await?;
+                    dialect::insert_usage_events(&mut *conn, chunk).await?;
                 }
-                write_rollups(conn, records).await
-            }
-
-            /// Adds `records` to the daily rollups (in key order), in the calls' transaction.
-            async fn write_rollups(
-                conn: &mut Connection,
-                records: &[UsageRecord],
-            ) -> Result<(), StoreError> {
-                let rows: Vec<_> = crate::usage::rollup_deltas(records).into_iter().collect();
+                // Added in key order, so concurrent writers meet the rows in the same order.
+                let rows = crate::usage::rollup_rows(records)?;
                 for chunk in rows.chunks(ROLLUP_ROWS_MAX) {
-                    let mut query = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO usage_rollups (org_id, dimension, day, key, events, \
-                         input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, \
-                         cost_micro_cr, from_acquired, from_alloc, from_wallet_micro_cr) ",
-                    );
-                    let mut values = Vec::with_capacity(chunk.len());
-                    for ((org, dimension, day, key), sums) in chunk {
-                        let counts = sums.stored_counts()?;
-                        values.push((*org, *dimension, *day, key.clone(), signed(sums.events)?, counts));
-                    }
-                    query.push_values(values, |mut row, (org, dimension, day, key, events, counts)| {
-                        row.push_bind(org)
-                            .push_bind(dimension)
-                            .push_bind(day)
-                            .push_bind(key)
-                            .push_bind(events);
-                        for count in counts {
-                            row.push_bind(count);
-                        }
-                    });
-                    query.push(
-                        " ON CONFLICT (org_id, dimension, day, key) DO UPDATE SET \
-                         events = usage_rollups.events + excluded.events, \
-                         input_tokens = usage_rollups.input_tokens + excluded.input_tokens, \
-                         cached_input_tokens = usage_rollups.cached_input_tokens \
-                             + excluded.cached_input_tokens, \
-                         cache_write_tokens = usage_rollups.cache_write_tokens \
-                             + excluded.cache_write_tokens, \
-                         output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
-                         cost_micro_cr = usage_rollups.cost_micro_cr + excluded.cost_micro_cr, \
-                         from_acquired = usage_rollups.from_acquired + excluded.from_acquired, \
-                         from_alloc = usage_rollups.from_alloc + excluded.from_alloc, \
-                         from_wallet_micro_cr = usage_rollups.from_wallet_micro_cr \
-                             + excluded.from_wallet_micro_cr",
-                    );
-                    query.build().execute(&mut *conn).await?;
+                    dialect::add_usage_rollups(&mut *conn, chunk).await?;
                 }
                 Ok(())
             }
