@@ -1020,7 +1020,90 @@ async fn large_batches_never_overdraw(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// A batch is charged in one transfer per leg and model, not one per event: each transfer sums
+/// its events' legs, every event names the transfers its legs went into, and each transfer's
+/// metadata names its first event (how a statement finds its model); a replay moves nothing.
+async fn a_batch_is_charged_in_one_transfer_per_leg_and_model(db: &TestDb) {
+    let w = world(db, 1).await;
+    let org = w.orgs[0];
+    let now = w.now();
+    let other = |input: u64| UsageEvent {
+        model: "claude-sonnet-5".to_owned(),
+        ..event(input, 0, now)
+    };
+    // Alloc holds 2,000,000 tokens: the first three events take 1,000,000, 500,000 and the last
+    // 500,000 of it, the third's other 300,000 tokens and the fourth are paid from the wallet.
+    let batch = vec![
+        event(1_000_000, 0, now),
+        other(500_000),
+        event(800_000, 0, now),
+        event(100_000, 0, now),
+    ];
+    let recorded = w.record(org, batch.clone()).await.expect("recorded");
+    let records: Vec<_> = recorded.iter().map(|r| r.record.clone()).collect();
+    assert_eq!(
+        records.iter().map(|r| r.from_alloc).collect::<Vec<_>>(),
+        [1_000_000, 500_000, 500_000, 0]
+    );
+    assert!(records[2].from_wallet_micro_cr > 0 && records[3].from_wallet_micro_cr > 0);
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| records[i].transfer_ids.clone());
+    assert_eq!((a.len(), b.len(), c.len(), d.len()), (1, 1, 2, 1));
+    let (alloc_model, alloc_other, wallet_model) = (a[0], b[0], d[0]);
+    assert_eq!(
+        c,
+        [alloc_model, wallet_model],
+        "the third shares the first's and fourth's"
+    );
+    assert_ne!(alloc_model, alloc_other, "one transfer per model");
+
+    let entries = w
+        .store()
+        .transfers(&[alloc_model, alloc_other, wallet_model])
+        .await
+        .expect("the transfers");
+    assert_eq!(entries.len(), 3);
+    let of = |id| {
+        let entry = entries
+            .iter()
+            .find(|entry| entry.record.id == id)
+            .expect("journaled");
+        (
+            entry.record.amount.get(),
+            entry.record.metadata.as_str().to_owned(),
+        )
+    };
+    let named = |event: &UsageEvent, n: u64| {
+        if n > 1 {
+            format!(r#"{{"usage_event_id":"{}","usage_events":{n}}}"#, event.id)
+        } else {
+            format!(r#"{{"usage_event_id":"{}"}}"#, event.id)
+        }
+    };
+    assert_eq!(of(alloc_model), (1_500_000, named(&batch[0], 2)));
+    assert_eq!(of(alloc_other), (500_000, named(&batch[1], 1)));
+    assert_eq!(
+        of(wallet_model),
+        (
+            records[2].from_wallet_micro_cr + records[3].from_wallet_micro_cr,
+            named(&batch[2], 2)
+        )
+    );
+    let spent = records[2].from_wallet_micro_cr + records[3].from_wallet_micro_cr;
+    let wallet = i128::from(CREDITS) - i128::from(spent);
+    assert_eq!(w.balances(org).await, (0, 0, wallet));
+
+    // A replay of the batch answers the same records and moves nothing.
+    let again = w.record(org, batch).await.expect("a replay");
+    assert!(again.iter().all(|r| r.replayed));
+    assert_eq!(
+        again.into_iter().map(|r| r.record).collect::<Vec<_>>(),
+        records
+    );
+    assert_eq!(w.balances(org).await, (0, 0, wallet));
+}
+
 on_both_backends!(
+    a_batch_is_charged_in_one_transfer_per_leg_and_model,
     rollups_agree_with_the_calls,
     a_group_is_all_or_nothing,
     overdraft_pays_what_the_wallet_lacks,

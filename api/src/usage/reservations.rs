@@ -472,7 +472,7 @@ impl Usage {
                     Transfer::new(transfer_id, action, metadata.clone(), false).map_err(corrupt)?,
                 );
             }
-            let usage = usage_metadata(id)?;
+            let usage = usage_metadata(id, 1)?;
             let org_text = org.to_string();
             for (leg, movement) in movements(p, more_acquired, more_alloc, more_wallet)? {
                 let transfer_id = usage_transfer_id(&org_text, &p.event, leg);
@@ -484,7 +484,12 @@ impl Usage {
                 post_alloc + more_alloc,
                 needed,
             ];
-            let record = p.record(org, view.now, took, &chain);
+            let record = p.record(
+                org,
+                view.now,
+                took,
+                chain.iter().map(Transfer::id).collect(),
+            );
             let mut settled = held.clone();
             settled.state = ReservationState::Settled;
             settled.resolved_at = Some(view.now);
