@@ -109,7 +109,7 @@ pub fn model_provider(model: &ModelRecord) -> Result<Provider, ApiError> {
     Provider::parse(&model.provider).map_err(|error| corrupt(&model.id, error))
 }
 
-fn store_error(error: &dyn std::fmt::Display) -> ApiError {
+fn store_error<E: std::fmt::Display + std::any::Any>(error: &E) -> ApiError {
     ApiError::internal(error)
 }
 

@@ -180,11 +180,56 @@ impl ApiError {
         Self { kind, detail: None }
     }
 
-    /// An internal failure: logged whole, answered with no detail.
-    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+    /// An internal failure: logged whole, answered with no detail. A store whose database is
+    /// out of reach for now (`StoreError::is_unavailable`) is not one: that is 503, worth
+    /// trying again, and logged as a warning.
+    pub fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> Self {
+        if database_unavailable(error) {
+            tracing::warn!(%error, "request failed: the database is unavailable");
+            return Self::new(
+                ProblemKind::Unavailable,
+                "the database is unavailable for now; try again shortly",
+            );
+        }
         tracing::error!(%error, "request failed");
         Self::bare(ProblemKind::Internal)
     }
+}
+
+/// Whether `error` is, or wraps, a store's failure to reach its database for now
+/// (`StoreError::is_unavailable`).
+fn database_unavailable(error: &dyn std::any::Any) -> bool {
+    use crate::cycles::CycleJobError;
+    use crate::delivery::DeliveryError;
+    use crate::market::MarketError;
+    use crate::statements::StatementError;
+    use crate::usage::UsageError;
+    use credex_store::{CycleError, IdentityError, PricingError, StoreError};
+
+    if let Some(error) = error.downcast_ref::<StoreError>() {
+        return error.is_unavailable();
+    }
+    if let Some(error) = error.downcast_ref::<sqlx::Error>() {
+        return credex_store::database_unavailable(error);
+    }
+    macro_rules! wrapping_a_store {
+        ($($wrapper:ident),*) => {$(
+            if let Some($wrapper::Store(error)) = error.downcast_ref::<$wrapper>() {
+                return error.is_unavailable();
+            }
+        )*};
+    }
+    wrapping_a_store!(
+        UsageError,
+        MarketError,
+        DeliveryError,
+        StatementError,
+        CycleJobError,
+        IdentityError,
+        PricingError,
+        CycleError
+    );
+    false
 }
 
 impl ResponseError for ApiError {
@@ -193,10 +238,17 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        problem_response(
+        let mut response = problem_response(
             self.kind.status(),
             &Problem::new(self.kind, self.detail.clone()),
-        )
+        );
+        if self.kind == ProblemKind::Unavailable {
+            // Out of reach for now: a client may try again after a second.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -420,6 +472,50 @@ mod tests {
     use actix_web::{test, web, App};
 
     use super::*;
+
+    #[actix_web::test]
+    async fn a_database_out_of_reach_is_unavailable_bare_or_wrapped_and_nothing_else_is() {
+        use credex_store::StoreError;
+        let refused = || {
+            StoreError::Database(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )))
+        };
+        let unavailable = [
+            ApiError::internal(&refused()),
+            ApiError::internal(&sqlx::Error::PoolTimedOut),
+            ApiError::internal(&StoreError::Busy { attempts: 5 }),
+            ApiError::internal(&crate::usage::UsageError::Store(refused())),
+            ApiError::internal(&credex_store::IdentityError::Store(StoreError::Shared(
+                std::sync::Arc::new(refused()),
+            ))),
+        ];
+        for error in unavailable {
+            assert_eq!(error.kind, ProblemKind::Unavailable);
+            let response = error.error_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.as_bytes()),
+                Some(&b"1"[..])
+            );
+        }
+        let internal = [
+            ApiError::internal(&StoreError::Corrupt("a row".to_owned())),
+            ApiError::internal(&sqlx::Error::RowNotFound),
+            ApiError::internal(&"no authenticator configured"),
+        ];
+        for error in internal {
+            assert_eq!(error.kind, ProblemKind::Internal);
+            assert!(error
+                .error_response()
+                .headers()
+                .get(header::RETRY_AFTER)
+                .is_none());
+        }
+    }
 
     async fn call(
         req: test::TestRequest,

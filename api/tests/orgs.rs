@@ -371,3 +371,97 @@ async fn orgs_keys_and_access(db: &TestDb) {
 }
 
 credex_tests::on_both_backends!(orgs_keys_and_access);
+
+/// A TCP proxy to PostgreSQL that can be cut: cut, it closes every connection it carries and
+/// every new one as soon as it is accepted — the database out of reach, as in a restart.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn to(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        let (cut, watching) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watching.borrow() {
+                    continue;
+                }
+                let mut watching = watching.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watching.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// The database out of reach is 503 problem+json with `Retry-After` (worth trying again), not
+/// 500; once it is back, the same request answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_out_of_reach_is_503_then_answers_again() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let rest = db
+        .url()
+        .strip_prefix("postgres://")
+        .expect("a PostgreSQL URL");
+    let (user, rest) = rest
+        .rsplit_once('@')
+        .map_or(("", rest), |(user, rest)| (user, rest));
+    let (host, path) = rest.split_once('/').expect("a database in the URL");
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    };
+    let upstream = tokio::net::lookup_host(host)
+        .await
+        .expect("PostgreSQL's address")
+        .next()
+        .expect("an address");
+    let proxy = Proxy::to(upstream).await;
+    let at = if user.is_empty() { "" } else { "@" };
+    let proxied = format!("postgres://{user}{at}{}/{path}", proxy.addr);
+    let fixture = Fixture::on_url(&proxied).await;
+    let service = test::init_service(app(fixture.assembled.parts.clone())).await;
+    let admin = sign_in(&service, ADMIN, PASSWORD).await;
+    let list = || bearer(get("/v1/admin/orgs"), &admin);
+    assert_eq!(call(&service, list()).await.status, StatusCode::OK);
+
+    proxy.set_cut(true);
+    let down = call(&service, list()).await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.body
+    );
+    assert_eq!(
+        down.headers.get("content-type").expect("a type"),
+        "application/problem+json"
+    );
+    assert_eq!(down.body["type"], "https://credex.dev/problems/unavailable");
+    assert!(down.headers.get("retry-after").is_some(), "Retry-After");
+
+    proxy.set_cut(false);
+    assert_eq!(call(&service, list()).await.status, StatusCode::OK);
+    fixture.close().await;
+    db.finish().await;
+}

@@ -163,6 +163,41 @@ impl StoreError {
     pub(crate) fn corrupt(what: impl fmt::Display) -> Self {
         Self::Corrupt(what.to_string())
     }
+
+    /// Whether the failure is the database's being out of reach or over capacity for now,
+    /// not anything about the request or the data: the connection broke or could not be had
+    /// (a restart, a failover, a full pool), the server is shutting down or refusing
+    /// connections, or cancelled the statement (SQLSTATE classes 08 and 57), or the store
+    /// stayed busy or overloaded. Worth trying again later; a commit cut off by a broken
+    /// connection may or may not have happened, which idempotent requests make harmless.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(error) => database_unavailable(error),
+            Self::Busy { .. } | Self::Overloaded { .. } | Self::ShuttingDown => true,
+            Self::Shared(inner) => inner.is_unavailable(),
+            Self::Migration(_)
+            | Self::Engine(_)
+            | Self::Corrupt(_)
+            | Self::BatchTooLarge { .. }
+            | Self::UnsupportedUrl
+            | Self::Account(_)
+            | Self::SpeculationMissed => false,
+        }
+    }
+}
+
+/// See [`StoreError::is_unavailable`].
+pub fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
 }
 
 /// Why an account could not be created.

@@ -20,7 +20,7 @@ const ACTIVE_MAX: usize = 100;
 /// The longest webhook URL.
 const URL_MAX: usize = 2_048;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

@@ -26,7 +26,7 @@ const DESCRIPTION_MAX_CHARS: usize = 200;
 /// The most cycles `GET /v1/cycles` lists.
 const CYCLES_MAX: u32 = 120;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

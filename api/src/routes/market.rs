@@ -44,7 +44,7 @@ const DEPTH_MAX: usize = credex_matching::DEPTH_LEVELS_MAX;
 /// Bodies of market writes are small.
 const WRITE_BODY_MAX: usize = 16 << 10;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

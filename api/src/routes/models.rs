@@ -35,7 +35,7 @@ use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::views::rfc3339;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

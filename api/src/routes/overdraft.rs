@@ -21,7 +21,7 @@ const LIMIT_MAX: u64 = 1_000_000_000_000;
 /// The longest repayment reference.
 const REFERENCE_MAX: usize = 200;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

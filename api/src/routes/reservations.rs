@@ -22,7 +22,7 @@ use crate::usage::reservations::{
 use crate::usage::LABEL_MAX;
 use crate::views::rfc3339;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

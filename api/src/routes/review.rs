@@ -17,7 +17,7 @@ use crate::views::rfc3339;
 /// The longest note an admin leaves when clearing a flag, in characters.
 const NOTE_MAX_CHARS: usize = 500;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

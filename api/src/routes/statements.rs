@@ -18,7 +18,7 @@ use crate::startup::AppState;
 use crate::statements::{self, CycleState, Statement, StatementError, Unit};
 use crate::views::rfc3339;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

@@ -23,7 +23,7 @@ pub(crate) const FUTURE_SKEW_MICROS: i64 = 300_000_000;
 /// The largest body: 1,000 events with their metadata.
 pub const USAGE_BODY_MAX: usize = 8 << 20;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

@@ -32,7 +32,7 @@ const EVENTS_MAX: usize = 10;
 const PAGE_MAX: u32 = 100;
 const PAGE_DEFAULT: u32 = 20;
 
-fn internal(error: &dyn std::fmt::Display) -> actix_web::Error {
+fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
     ApiError::internal(error).into()
 }
 

@@ -34,8 +34,17 @@ impl Fixture {
 
     /// The application with the test's changes to its configuration.
     pub async fn configured(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::configured_on(db.url(), adjust).await
+    }
+
+    /// The application on the database at `url` (a test's database reached another way).
+    pub async fn on_url(url: &str) -> Self {
+        Self::configured_on(url, |_| {}).await
+    }
+
+    async fn configured_on(url: &str, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("a directory");
-        let mut config = Config::new("127.0.0.1:0", dir.path()).with_database_url(db.url());
+        let mut config = Config::new("127.0.0.1:0", dir.path()).with_database_url(url);
         config.admin_email = Some(ADMIN.to_owned());
         config.admin_password = Some(Secret::new(PASSWORD));
         adjust(&mut config);
