@@ -115,6 +115,24 @@ mod dialect {
         ids.to_vec()
     }
 
+    /// The rows `select` (a query ending in `WHERE `) finds whose `(org_id, id)` is one of
+    /// `pairs`: one index probe per pair (`org_id = ANY(…) AND id = ANY(…)` would probe every
+    /// org with every id).
+    pub async fn fetch_org_pairs(
+        conn: &mut PgConnection,
+        select: &str,
+        pairs: &[(Uuid, Uuid)],
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        let (orgs, ids): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+        sqlx::query(&format!(
+            "{select}(org_id, id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))"
+        ))
+        .bind(orgs)
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+    }
+
     /// `column` is one of the strings bound as `$1`.
     pub fn in_texts(column: &str) -> String {
         format!("{column} = ANY($1)")

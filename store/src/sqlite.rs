@@ -163,6 +163,26 @@ mod dialect {
         serde_json::to_string(&hexes).expect("strings serialize")
     }
 
+    /// The rows `select` (a query ending in `WHERE `) finds whose `(org_id, id)` is one of
+    /// `pairs` (bound as one JSON array of hex pairs).
+    pub async fn fetch_org_pairs(
+        conn: &mut SqliteConnection,
+        select: &str,
+        pairs: &[(Uuid, Uuid)],
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, sqlx::Error> {
+        let rows: Vec<[String; 2]> = pairs
+            .iter()
+            .map(|(org, id)| [hex(*org), hex(*id)])
+            .collect();
+        sqlx::query(&format!(
+            "{select}(org_id, id) IN (SELECT unhex(value ->> 0), unhex(value ->> 1) \
+             FROM json_each($1))"
+        ))
+        .bind(serde_json::to_string(&rows).expect("strings serialize"))
+        .fetch_all(conn)
+        .await
+    }
+
     /// `column` is one of the strings bound as `$1` (a JSON array).
     pub fn in_texts(column: &str) -> String {
         format!("{column} IN (SELECT value FROM json_each($1))")

@@ -770,22 +770,13 @@ macro_rules! shared_usage {
             /// The events among `ids` recorded by any of `orgs`, by (org, id).
             async fn recorded(
                 conn: &mut Connection,
-                orgs: &[Uuid],
-                ids: &[Uuid],
+                pairs: &[(Uuid, Uuid)],
             ) -> Result<HashMap<(Uuid, Uuid), UsageRecord>, StoreError> {
-                if ids.is_empty() {
+                if pairs.is_empty() {
                     return Ok(HashMap::new());
                 }
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM usage_events WHERE {} AND {}",
-                    dialect::in_uuids_at("id", 1),
-                    dialect::in_uuids_at("org_id", 2)
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(dialect::uuid_list(ids))
-                    .bind(dialect::uuid_list(orgs))
-                    .fetch_all(&mut *conn)
-                    .await?;
+                let select = format!("SELECT {COLUMNS} FROM usage_events WHERE ");
+                let rows = dialect::fetch_org_pairs(&mut *conn, &select, pairs).await?;
                 rows.iter()
                     .map(|row| record(row).map(|record| ((record.org.as_uuid(), record.id), record)))
                     .collect()
@@ -926,22 +917,13 @@ macro_rules! shared_usage {
             /// The reservations among `ids` of any of `orgs`, by (org, id).
             async fn reservations(
                 conn: &mut Connection,
-                orgs: &[Uuid],
-                ids: &[Uuid],
+                pairs: &[(Uuid, Uuid)],
             ) -> Result<HashMap<(Uuid, Uuid), ReservationRecord>, StoreError> {
-                if ids.is_empty() {
+                if pairs.is_empty() {
                     return Ok(HashMap::new());
                 }
-                let sql = format!(
-                    "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE {} AND {}",
-                    dialect::in_uuids_at("id", 1),
-                    dialect::in_uuids_at("org_id", 2)
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(dialect::uuid_list(ids))
-                    .bind(dialect::uuid_list(orgs))
-                    .fetch_all(&mut *conn)
-                    .await?;
+                let select = format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE ");
+                let rows = dialect::fetch_org_pairs(&mut *conn, &select, pairs).await?;
                 rows.iter()
                     .map(|row| {
                         reservation_record(row)
@@ -1274,8 +1256,18 @@ macro_rules! shared_usage {
                         ids.dedup();
                         ids
                     };
-                    let event_ids = all(&|reads| reads.events.clone());
-                    let reservation_ids = all(&|reads| reads.reservations.clone());
+                    // (org, id) of each event and reservation the parts may find recorded.
+                    let pairs = |pick: &dyn Fn(&UsageReads) -> &[Uuid]| -> Vec<(Uuid, Uuid)> {
+                        let mut pairs: Vec<(Uuid, Uuid)> = present
+                            .iter()
+                            .flat_map(|(org, reads)| pick(reads).iter().map(|id| (org.as_uuid(), *id)))
+                            .collect();
+                        pairs.sort_unstable();
+                        pairs.dedup();
+                        pairs
+                    };
+                    let event_pairs = pairs(&|reads| &reads.events);
+                    let reservation_pairs = pairs(&|reads| &reads.reservations);
                     let mut accounts: Vec<AccountId> = present
                         .iter()
                         .flat_map(|(_, reads)| reads.balances.iter().copied())
@@ -1288,19 +1280,13 @@ macro_rules! shared_usage {
                         .collect();
                     keys.sort_unstable();
                     keys.dedup();
-                    let except: Vec<(Uuid, Uuid)> = present
-                        .iter()
-                        .flat_map(|(org, reads)| {
-                            reads.reservations.iter().map(|id| (org.as_uuid(), *id))
-                        })
-                        .collect();
                     let live = live_keys(&mut tx, &all(&|reads| reads.key.into_iter().collect())).await?;
-                    let mut recorded_all = recorded(&mut tx, &locked, &event_ids).await?;
+                    let mut recorded_all = recorded(&mut tx, &event_pairs).await?;
                     let balances_all = balances(&mut tx, &accounts).await?;
                     let spent_all = spent(&mut tx, &keys).await?;
-                    let held_all = held(&mut tx, &locked, &keys, &except, now).await?;
+                    let held_all = held(&mut tx, &locked, &keys, &reservation_pairs, now).await?;
                     let mut reservations_all =
-                        reservations(&mut tx, &locked, &reservation_ids).await?;
+                        reservations(&mut tx, &reservation_pairs).await?;
                     let mut outcomes = Vec::with_capacity(items.len());
                     let mut writes = Vec::new();
                     for (index, (org, reads)) in items.iter().enumerate() {
