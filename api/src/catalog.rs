@@ -109,10 +109,6 @@ pub fn model_provider(model: &ModelRecord) -> Result<Provider, ApiError> {
     Provider::parse(&model.provider).map_err(|error| corrupt(&model.id, error))
 }
 
-fn store_error<E: std::fmt::Display + std::any::Any>(error: &E) -> ApiError {
-    ApiError::internal(error)
-}
-
 /// The model named `name` (its id or an alias, in any letter case); `None` for a name that no
 /// model has, or that no model could have.
 pub async fn find_model(store: &dyn Store, name: &str) -> Result<Option<ModelRecord>, ApiError> {
@@ -122,7 +118,7 @@ pub async fn find_model(store: &dyn Store, name: &str) -> Result<Option<ModelRec
     store
         .find_model(name.as_str())
         .await
-        .map_err(|error| store_error(&error))
+        .map_err(|error| ApiError::internal(&error))
 }
 
 /// A model's schedule in `scope`, parsed; `None` when it has no price there.
@@ -134,7 +130,7 @@ pub async fn schedule(
     let records = store
         .prices(model, scope)
         .await
-        .map_err(|error| store_error(&error))?;
+        .map_err(|error| ApiError::internal(&error))?;
     parse_schedule(model, &records)
 }
 
@@ -210,7 +206,7 @@ pub async fn model_prices(
     let found = store
         .model_for_pricing(name.as_str(), org)
         .await
-        .map_err(|error| store_error(&error))?
+        .map_err(|error| ApiError::internal(&error))?
         .ok_or_else(unknown)?;
     let model = found.model;
     let class = model_class(&model)?;

@@ -196,6 +196,11 @@ impl ApiError {
     }
 }
 
+/// [`ApiError::internal`] as the error a handler returns.
+pub fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
+    ApiError::internal(error).into()
+}
+
 /// Whether `error` is, or wraps, a store's failure to reach its database for now
 /// (`StoreError::is_unavailable`).
 fn database_unavailable(error: &dyn std::any::Any) -> bool {

@@ -577,6 +577,14 @@ pub(crate) fn rollup_deltas(
     rows
 }
 
+/// `items` sorted, each once.
+pub(crate) fn distinct<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut items: Vec<T> = items.into_iter().collect();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
 /// The columns of `usage_events`, in the order every statement names them.
 pub(crate) const USAGE_COLUMNS: &str = "org_id, id, model, class, asset, input_tokens, \
      cached_input_tokens, cache_write_tokens, output_tokens, cost_micro_cr, \
@@ -724,6 +732,7 @@ macro_rules! shared_usage {
                 UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord,
                 USAGE_GROUP_MAX,
                 UsageStep, UsageStore, UsageTxOutcome, UsageVersions, UsageView, INSERT_ROWS_MAX,
+                distinct,
                 USAGE_BATCH_MAX, USAGE_PAGE_MAX,
             };
             use crate::StoreError;
@@ -1106,9 +1115,7 @@ macro_rules! shared_usage {
             ) -> Result<HashMap<(Uuid, Timestamp), u64>, StoreError> {
                 let mut spent: HashMap<(Uuid, Timestamp), u64> =
                     keys.iter().map(|key| (*key, 0)).collect();
-                let mut budgets: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
-                budgets.sort_unstable();
-                budgets.dedup();
+                let budgets = distinct(keys.iter().map(|(id, _)| *id));
                 if budgets.is_empty() {
                     return Ok(spent);
                 }
@@ -1198,9 +1205,7 @@ macro_rules! shared_usage {
                     decide: &mut UsageGroupDecision<'_>,
                     mode: Mode,
                 ) -> Result<UsageGroupOutcome, StoreError> {
-                    let mut orgs: Vec<Uuid> = items.iter().map(|(org, _)| org.as_uuid()).collect();
-                    orgs.sort_unstable();
-                    orgs.dedup();
+                    let orgs = distinct(items.iter().map(|(org, _)| org.as_uuid()));
                     if orgs.len() != items.len() || items.len() > USAGE_GROUP_MAX {
                         return Err(StoreError::corrupt(
                             "a usage group names an org twice, or too many",
@@ -1249,38 +1254,21 @@ macro_rules! shared_usage {
                         .iter()
                         .filter(|(org, _)| locked.contains(&org.as_uuid()))
                         .collect();
-                    let all = |pick: &dyn Fn(&UsageReads) -> Vec<Uuid>| -> Vec<Uuid> {
-                        let mut ids: Vec<Uuid> =
-                            present.iter().flat_map(|(_, reads)| pick(reads)).collect();
-                        ids.sort_unstable();
-                        ids.dedup();
-                        ids
-                    };
-                    // (org, id) of each event and reservation the parts may find recorded.
-                    let pairs = |pick: &dyn Fn(&UsageReads) -> &[Uuid]| -> Vec<(Uuid, Uuid)> {
-                        let mut pairs: Vec<(Uuid, Uuid)> = present
-                            .iter()
-                            .flat_map(|(org, reads)| pick(reads).iter().map(|id| (org.as_uuid(), *id)))
-                            .collect();
-                        pairs.sort_unstable();
-                        pairs.dedup();
-                        pairs
-                    };
-                    let event_pairs = pairs(&|reads| &reads.events);
-                    let reservation_pairs = pairs(&|reads| &reads.reservations);
-                    let mut accounts: Vec<AccountId> = present
-                        .iter()
-                        .flat_map(|(_, reads)| reads.balances.iter().copied())
-                        .collect();
-                    accounts.sort_unstable();
-                    accounts.dedup();
-                    let mut keys: Vec<(Uuid, Timestamp)> = present
-                        .iter()
-                        .flat_map(|(_, reads)| reads.spend.iter().copied())
-                        .collect();
-                    keys.sort_unstable();
-                    keys.dedup();
-                    let live = live_keys(&mut tx, &all(&|reads| reads.key.into_iter().collect())).await?;
+                    // What the parts may read, each once, in order: the (org, id) of each
+                    // event and reservation they may find recorded, the accounts, the budget
+                    // periods and the API keys.
+                    let event_pairs = distinct(present.iter().flat_map(|(org, reads)| {
+                        reads.events.iter().map(|id| (org.as_uuid(), *id))
+                    }));
+                    let reservation_pairs = distinct(present.iter().flat_map(|(org, reads)| {
+                        reads.reservations.iter().map(|id| (org.as_uuid(), *id))
+                    }));
+                    let accounts: Vec<AccountId> =
+                        distinct(present.iter().flat_map(|(_, reads)| reads.balances.iter().copied()));
+                    let keys: Vec<(Uuid, Timestamp)> =
+                        distinct(present.iter().flat_map(|(_, reads)| reads.spend.iter().copied()));
+                    let keys_used = distinct(present.iter().filter_map(|(_, reads)| reads.key));
+                    let live = live_keys(&mut tx, &keys_used).await?;
                     let mut recorded_all = recorded(&mut tx, &event_pairs).await?;
                     let balances_all = balances(&mut tx, &accounts).await?;
                     let spent_all = spent(&mut tx, &keys).await?;

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::auth::access::{MarketTrade, OrgAccess, Read};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::views::rfc3339;
@@ -19,10 +20,6 @@ use crate::views::rfc3339;
 const ACTIVE_MAX: usize = 100;
 /// The longest webhook URL.
 const URL_MAX: usize = 2_048;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// Where an alert goes.
 #[derive(Debug, Deserialize, ToSchema)]

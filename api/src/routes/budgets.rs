@@ -15,14 +15,11 @@ use crate::budgets::{
 };
 use crate::idempotency::{self, Answer, OptionalIdempotencyKey};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::ledger::json_body;
 use crate::startup::AppState;
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// Whose calls a budget counts.
 #[derive(Debug, Deserialize, ToSchema)]

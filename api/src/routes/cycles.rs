@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use crate::auth::access::{Admin, Caller};
 use crate::cycles::{close_cycle, open_cycle, CloseReport, CycleId, CycleJobError, OpenReport};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::models::require_read;
 use crate::startup::AppState;
@@ -25,10 +26,6 @@ const FACE_VALUE_MAX: u64 = credex_matching::ASK_MAX;
 const DESCRIPTION_MAX_CHARS: usize = 200;
 /// The most cycles `GET /v1/cycles` lists.
 const CYCLES_MAX: u32 = 120;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 fn cycle_error(error: CycleError) -> actix_web::Error {
     match error {

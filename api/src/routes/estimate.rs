@@ -19,14 +19,11 @@ use utoipa::ToSchema;
 use crate::auth::access::{Authenticator, Caller, OrgAccess, Read};
 use crate::catalog::{self, ResolvedModelPrice};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::models::{price_source_name, PriceSourceName};
 use crate::startup::AppState;
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// The longest role or name of a chat message, in characters.
 pub(crate) const CHAT_LABEL_MAX_CHARS: usize = 64;

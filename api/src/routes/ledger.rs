@@ -15,13 +15,10 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::access::{Admin, OrgAccess, Read};
 use crate::idempotency::{self, Answer, IdempotencyKey};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// A JSON body from raw bytes (kept raw for the idempotency fingerprint).
 pub(crate) fn json_body<T: DeserializeOwned>(

@@ -30,6 +30,7 @@ use crate::market::{
     BuyRequest, BuybackRequest, FraudPolicy, ListRequest, MarketError, MarketInfo,
     MarketSettingsInput, Refusal, Withdrawer,
 };
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::ratelimit::TooMany;
 use crate::routes::ledger::json_body;
@@ -43,10 +44,6 @@ const PAGE_MAX: u32 = credex_store::market::MARKET_PAGE_MAX;
 const DEPTH_MAX: usize = credex_matching::DEPTH_LEVELS_MAX;
 /// Bodies of market writes are small.
 const WRITE_BODY_MAX: usize = 16 << 10;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 fn problem(kind: ProblemKind, detail: impl Into<String>) -> actix_web::Error {
     ApiError::new(kind, detail).into()

@@ -31,13 +31,10 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::access::{Admin, Caller, OrgAccess, Read};
 use crate::catalog::{self, model_record, parse_schedule, price_record};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 fn no_such_model(name: &str) -> actix_web::Error {
     ApiError::new(ProblemKind::NotFound, format!("no model is named `{name}`")).into()

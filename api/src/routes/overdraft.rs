@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::auth::access::{Admin, OrgAccess, Read};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::market::known_org;
 use crate::startup::AppState;
@@ -20,10 +21,6 @@ use crate::startup::AppState;
 const LIMIT_MAX: u64 = 1_000_000_000_000;
 /// The longest repayment reference.
 const REFERENCE_MAX: usize = 200;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 fn problem(kind: ProblemKind, detail: impl Into<String>) -> actix_web::Error {
     ApiError::new(kind, detail).into()

@@ -13,14 +13,11 @@ use crate::auth::access::{OrgAccess, Owner, Read};
 use crate::budgets::{period_bounds, Period};
 use crate::delivery::RECIPIENTS_MAX;
 use crate::input::invalid;
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::webhooks::audit;
 use crate::startup::AppState;
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// How often a report is sent.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::access::{OrgAccess, Read, UsageWrite};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::usage::{call_fields, parse_event, usage_error, UsageEventBody, UsageEventView};
 use crate::startup::AppState;
@@ -21,10 +22,6 @@ use crate::usage::reservations::{
 };
 use crate::usage::LABEL_MAX;
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// The worst case of one model call, to hold before making it.
 #[derive(Debug, Deserialize, ToSchema)]

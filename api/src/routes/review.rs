@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::access::{Admin, OrgAccess, Read};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::review::{scan, ReviewPolicy, ScanReport};
 use crate::startup::AppState;
@@ -16,10 +17,6 @@ use crate::views::rfc3339;
 
 /// The longest note an admin leaves when clearing a flag, in characters.
 const NOTE_MAX_CHARS: usize = 500;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// Why an org was flagged.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]

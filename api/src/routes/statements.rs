@@ -13,14 +13,11 @@ use utoipa::ToSchema;
 
 use crate::auth::access::{OrgAccess, Read};
 use crate::cycles::CycleId;
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::statements::{self, CycleState, Statement, StatementError, Unit};
 use crate::views::rfc3339;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 fn statement_error(error: StatementError) -> actix_web::Error {
     match error {

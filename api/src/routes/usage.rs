@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::access::{OrgAccess, Read, UsageWrite};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::startup::AppState;
 use crate::usage::{RecordedUsage, UsageError, UsageEvent, LABEL_MAX, METADATA_MAX};
@@ -22,10 +23,6 @@ use crate::views::{csv_field, rfc3339};
 pub(crate) const FUTURE_SKEW_MICROS: i64 = 300_000_000;
 /// The largest body: 1,000 events with their metadata.
 pub const USAGE_BODY_MAX: usize = 8 << 20;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 /// A batch of model calls, charged all or none.
 #[derive(Debug, Deserialize, ToSchema)]

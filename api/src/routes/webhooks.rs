@@ -17,6 +17,7 @@ use crate::auth::access::{OrgAccess, Owner, Read};
 use crate::delivery::{EVENT_BUDGET_ALERT, WEBHOOKS_MAX};
 use crate::idempotency::{self, Answer, OptionalIdempotencyKey};
 use crate::input::{self, integer, invalid};
+use crate::problem::internal;
 use crate::problem::{ApiError, Problem, ProblemKind};
 use crate::routes::ledger::json_body;
 use crate::startup::AppState;
@@ -31,10 +32,6 @@ const EVENTS_MAX: usize = 10;
 /// The most rows of a page, and the default.
 const PAGE_MAX: u32 = 100;
 const PAGE_DEFAULT: u32 = 20;
-
-fn internal<E: std::fmt::Display + std::any::Any>(error: &E) -> actix_web::Error {
-    ApiError::internal(error).into()
-}
 
 pub(crate) fn audit<P: crate::auth::access::Permission>(
     action: &str,
