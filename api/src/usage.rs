@@ -464,7 +464,11 @@ impl Usage {
         let (budgets, mut priced) = (budgets?, priced?);
         count_in(&budgets, &mut priced);
         let ids = priced.iter().map(|p| p.event.id).collect();
-        let reads = reads_for(&memo, key, &priced, &budgets, ids, Vec::new());
+        let reads = UsageReads {
+            // A recorded event is only answered as a replay here; every other one is written.
+            replays_only: true,
+            ..reads_for(&memo, key, &priced, &budgets, ids, Vec::new())
+        };
         let prepared = group::Prepared {
             org,
             priced,
@@ -859,6 +863,7 @@ fn reads_for(
         reservations,
         versions: Some(memo.versions()),
         key,
+        replays_only: false,
     }
 }
 

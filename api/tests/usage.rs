@@ -511,6 +511,75 @@ async fn small_requests_commit_in_groups(db: &TestDb) {
     w.ledger.close().await;
 }
 
+/// Batches of 8 orgs sent at once, each repeating three events its org recorded before
+/// beside new ones, and one org's repeating one of them with other values. The transactions
+/// assume no event was recorded (no read of them) and so meet the recorded ones on the
+/// primary key; each such group runs again reading them. Every repeated event answers as a
+/// replay with its first charge, every new one is charged once, the conflicting batch is
+/// refused whole, and the books balance.
+async fn replays_within_groups_answer_the_first_charge(db: &TestDb) {
+    let w = world(db, 8).await;
+    let now = w.now();
+    let mut first = Vec::new();
+    for org in &w.orgs {
+        // The allotment spent first (10 CR), then three calls of 10,000 µCR each.
+        w.record(*org, vec![event(ALLOT, 0, now)])
+            .await
+            .expect("recorded");
+        let events: Vec<UsageEvent> = (0..3).map(|_| event(0, 1_000, now)).collect();
+        let recorded = w.record(*org, events.clone()).await.expect("recorded");
+        first.push((events, recorded));
+    }
+    let conflicting = w.orgs[7];
+    let usage = Arc::new(Usage::new(w.ledger.clone(), face()));
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for (org, (events, _)) in w.orgs.iter().zip(&first) {
+            let mut batch = events.clone();
+            if *org == conflicting && round == 0 {
+                batch[1].tokens = TokenUsage::new(0, 0, 0, 2_000).expect("tokens");
+            }
+            batch.extend((0..50).map(|_| event(0, 1_000, now)));
+            let (usage, org) = (usage.clone(), *org);
+            tasks.push(tokio::spawn(async move {
+                (org, round, usage.record(org, batch).await)
+            }));
+        }
+    }
+    let mut charged = std::collections::HashMap::new();
+    for task in tasks {
+        let (org, round, answer) = task.await.expect("a task");
+        if org == conflicting && round == 0 {
+            assert!(
+                matches!(answer, Err(UsageError::Conflict { index: 1, .. })),
+                "{answer:?}"
+            );
+            continue;
+        }
+        let answer = answer.expect("recorded");
+        let (_, recorded) = &first[w.orgs.iter().position(|o| *o == org).expect("an org")];
+        for (again, before) in answer[..3].iter().zip(recorded) {
+            assert!(again.replayed);
+            assert_eq!(again.record, before.record);
+        }
+        assert!(answer[3..]
+            .iter()
+            .all(|r| !r.replayed && r.record.from_wallet_micro_cr == 10_000));
+        *charged.entry(org).or_insert(0_i128) += 50;
+    }
+    for org in &w.orgs {
+        let new = charged.get(org).copied().unwrap_or(0);
+        let expected = if *org == conflicting { 150 } else { 200 };
+        assert_eq!(new, expected);
+        let (_, _, wallet) = w.balances(*org).await;
+        assert_eq!(wallet, i128::from(CREDITS) - 10_000 * (3 + new));
+        let recorded = i128::try_from(w.recorded(*org).await).expect("a count");
+        assert_eq!(recorded, 1 + 3 + new);
+    }
+    assert!(w.store().check().await.expect("check").is_ok());
+    w.ledger.close().await;
+}
+
 async fn overdraft_used(w: &common::usage_world::World, org: credex_ledger::OrgId) -> u64 {
     w.store()
         .overdraft(org)
@@ -1103,6 +1172,7 @@ async fn a_batch_is_charged_in_one_transfer_per_leg_and_model(db: &TestDb) {
 }
 
 on_both_backends!(
+    replays_within_groups_answer_the_first_charge,
     a_batch_is_charged_in_one_transfer_per_leg_and_model,
     rollups_agree_with_the_calls,
     a_group_is_all_or_nothing,

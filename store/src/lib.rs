@@ -186,6 +186,17 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether a write met a row already there under a unique key (SQLSTATE 23505 on
+    /// PostgreSQL, a primary key or unique constraint on SQLite).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db.is_unique_violation(),
+            _ => false,
+        }
+    }
+}
+
 /// See [`StoreError::is_unavailable`].
 pub fn database_unavailable(error: &sqlx::Error) -> bool {
     match error {

@@ -2,7 +2,7 @@
 //!
 //! Batches run at READ COMMITTED with explicit row locks taken in the crate's fixed order, so
 //! any number of processes can share one database. Lists are bound as arrays; bulk writes go
-//! through `UNNEST`.
+//! through `UNNEST`, and usage calls, the largest, through binary `COPY`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -404,9 +404,12 @@ mod dialect {
         Ok(())
     }
 
-    /// Inserts usage calls in one statement whatever their number: the columns bound as
-    /// arrays, so the statement's text (and its prepared plan) is the same for one call or a
-    /// thousand.
+    /// Inserts usage calls with one `COPY … FROM STDIN (FORMAT binary)`: PostgreSQL writes
+    /// the heap rows a page at a time (one WAL record per page rather than one per row, as
+    /// `INSERT` does) and skips the executor. `COPY` has no `ON CONFLICT`: a call already
+    /// recorded fails the statement, and so the transaction, with a unique violation; the
+    /// usage transaction reads the calls it may meet first, under the org's lock, so that
+    /// never happens unless the books are wrong.
     pub async fn insert_usage_events(
         conn: &mut PgConnection,
         records: &[UsageRecord],
@@ -414,78 +417,35 @@ mod dialect {
         if records.is_empty() {
             return Ok(());
         }
-        let n = records.len();
-        let mut orgs = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
-        let mut models = Vec::with_capacity(n);
-        let mut classes = Vec::with_capacity(n);
-        let mut assets = Vec::with_capacity(n);
-        let mut counts: [Vec<i64>; 8] = Default::default();
-        let mut sources = Vec::with_capacity(n);
-        let mut occurred = Vec::with_capacity(n);
-        let mut recorded = Vec::with_capacity(n);
-        let mut users = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut tasks = Vec::with_capacity(n);
-        let mut conversations = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut fingerprints = Vec::with_capacity(n);
-        let mut transfers = Vec::with_capacity(n);
+        let mut data = CopyBinary::new(records.len() * 400);
         for record in records {
-            orgs.push(record.org.as_uuid());
-            ids.push(record.id);
-            models.push(record.model.as_str());
-            classes.push(record.class.as_str());
-            assets.push(record.asset.as_str());
-            let stored = UsageTotal::of_call(record).stored_counts()?;
-            for (column, count) in counts.iter_mut().zip(stored) {
-                column.push(count);
+            data.row(23);
+            data.uuid(record.org.as_uuid());
+            data.uuid(record.id);
+            data.text(Some(&record.model));
+            data.text(Some(&record.class));
+            data.text(Some(&record.asset));
+            for count in UsageTotal::of_call(record).stored_counts()? {
+                data.int8(count);
             }
-            sources.push(record.price_source.as_str());
-            occurred.push(record.occurred_at.as_micros());
-            recorded.push(record.recorded_at.as_micros());
-            users.push(record.user);
-            keys.push(record.api_key);
-            tasks.push(record.task.as_deref());
-            conversations.push(record.conversation.as_deref());
-            metadata.push(record.metadata.as_deref());
-            fingerprints.push(record.fingerprint.as_slice());
-            transfers.push(transfer_ids_json(&record.transfer_ids));
+            data.text(Some(&record.price_source));
+            data.int8(record.occurred_at.as_micros());
+            data.int8(record.recorded_at.as_micros());
+            data.optional_uuid(record.user);
+            data.optional_uuid(record.api_key);
+            data.text(record.task.as_deref());
+            data.text(record.conversation.as_deref());
+            data.text(record.metadata.as_deref());
+            data.bytes(Some(record.fingerprint.as_slice()));
+            data.text(Some(&transfer_ids_json(&record.transfer_ids)));
         }
-        let [input, cached, written, output, cost, acquired, alloc, wallet] = counts;
-        sqlx::query(
-            &format!(
-                "INSERT INTO usage_events ({USAGE_COLUMNS}) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
-             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-             $12::int8[], $13::int8[], $14::text[], $15::int8[], $16::int8[], $17::uuid[], \
-             $18::uuid[], $19::text[], $20::text[], $21::text[], $22::bytea[], $23::text[])"
-            ),
-        )
-        .bind(orgs)
-        .bind(ids)
-        .bind(models)
-        .bind(classes)
-        .bind(assets)
-        .bind(input)
-        .bind(cached)
-        .bind(written)
-        .bind(output)
-        .bind(cost)
-        .bind(acquired)
-        .bind(alloc)
-        .bind(wallet)
-        .bind(sources)
-        .bind(occurred)
-        .bind(recorded)
-        .bind(users)
-        .bind(keys)
-        .bind(tasks)
-        .bind(conversations)
-        .bind(metadata)
-        .bind(fingerprints)
-        .bind(transfers)
-        .execute(conn)
-        .await?;
+        let mut copy = conn
+            .copy_in_raw(&format!(
+                "COPY usage_events ({USAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        copy.send(data.finish()?).await?;
+        copy.finish().await?;
         Ok(())
     }
 
@@ -525,5 +485,71 @@ mod dialect {
         .execute(conn)
         .await?;
         Ok(())
+    }
+}
+
+/// Rows in PostgreSQL's binary `COPY` format: a signature and header, then per row a field
+/// count and each field as its length (-1 for NULL) and its binary send form, then a trailer.
+struct CopyBinary {
+    buf: Vec<u8>,
+    /// A value longer than a field can say (2 GiB) was given: the data is refused.
+    oversized: bool,
+}
+
+impl CopyBinary {
+    fn new(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.saturating_add(32));
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
+        buf.extend_from_slice(&0_i32.to_be_bytes()); // no header extension
+        Self {
+            buf,
+            oversized: false,
+        }
+    }
+
+    fn row(&mut self, fields: i16) {
+        self.buf.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    fn field(&mut self, value: Option<&[u8]>) {
+        match value {
+            None => self.buf.extend_from_slice(&(-1_i32).to_be_bytes()),
+            Some(bytes) => match i32::try_from(bytes.len()) {
+                Ok(length) => {
+                    self.buf.extend_from_slice(&length.to_be_bytes());
+                    self.buf.extend_from_slice(bytes);
+                }
+                Err(_) => self.oversized = true,
+            },
+        }
+    }
+
+    fn uuid(&mut self, id: Uuid) {
+        self.field(Some(id.as_bytes()));
+    }
+
+    fn optional_uuid(&mut self, id: Option<Uuid>) {
+        self.field(id.as_ref().map(|id| id.as_bytes().as_slice()));
+    }
+
+    fn int8(&mut self, value: i64) {
+        self.field(Some(&value.to_be_bytes()));
+    }
+
+    fn text(&mut self, value: Option<&str>) {
+        self.field(value.map(str::as_bytes));
+    }
+
+    fn bytes(&mut self, value: Option<&[u8]>) {
+        self.field(value);
+    }
+
+    fn finish(mut self) -> Result<Vec<u8>, StoreError> {
+        if self.oversized {
+            return Err(StoreError::corrupt("a value too long for COPY"));
+        }
+        self.buf.extend_from_slice(&(-1_i16).to_be_bytes());
+        Ok(self.buf)
     }
 }

@@ -290,6 +290,11 @@ pub struct UsageReads {
     /// The API key the request came with: the part is `KeyRevoked` (its decision not run) when
     /// the key is revoked, or gone, by the transaction. `None`: not checked.
     pub key: Option<Uuid>,
+    /// The decision uses an event of `events` found recorded only to answer it as a replay,
+    /// and writes every other one (plain recording, not a settle): the transaction may then
+    /// assume none is recorded and read them only once an insert meets one
+    /// ([`Recorded::AssumedNone`]). `false`: they are always read.
+    pub replays_only: bool,
 }
 
 /// The versions of what usage charging may keep in memory (migration `0015`): the catalog's
@@ -577,6 +582,20 @@ pub(crate) fn rollup_deltas(
     rows
 }
 
+/// Whether a usage transaction reads the calls its events may already be recorded as.
+///
+/// When every part's reads say [`UsageReads::replays_only`], it first assumes none is
+/// ([`Recorded::AssumedNone`]): a new event, by far the common case, then costs no lookup
+/// beyond the primary key's own check when its row is inserted. An event that was recorded
+/// after all makes that insert fail with a unique violation, which rolls the whole transaction
+/// back; it is then run again reading them ([`Recorded::Read`]), and the decision answers the
+/// replay. Either way the rows are read or checked under the orgs' locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    AssumedNone,
+    Read,
+}
+
 /// `items` sorted, each once.
 pub(crate) fn distinct<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {
     let mut items: Vec<T> = items.into_iter().collect();
@@ -732,7 +751,7 @@ macro_rules! shared_usage {
                 UsageGroupOutcome, UsageItemOutcome, UsageReads, UsageRecord,
                 USAGE_GROUP_MAX,
                 UsageStep, UsageStore, UsageTxOutcome, UsageVersions, UsageView, INSERT_ROWS_MAX,
-                distinct,
+                distinct, Recorded,
                 USAGE_BATCH_MAX, USAGE_PAGE_MAX,
             };
             use crate::StoreError;
@@ -777,7 +796,7 @@ macro_rules! shared_usage {
             }
 
             /// The events among `ids` recorded by any of `orgs`, by (org, id).
-            async fn recorded(
+            async fn read_recorded(
                 conn: &mut Connection,
                 pairs: &[(Uuid, Uuid)],
             ) -> Result<HashMap<(Uuid, Uuid), UsageRecord>, StoreError> {
@@ -1184,10 +1203,11 @@ macro_rules! shared_usage {
                     reads: &UsageReads,
                     decide: &mut UsageDecision<'_>,
                     mode: Mode,
+                    recorded: Recorded,
                 ) -> Result<UsageTxOutcome, StoreError> {
                     let items = [(org, reads.clone())];
                     let mut one = |_: usize, view: &UsageView| decide(view);
-                    Ok(match self.usage_group_once(&items, &mut one, mode).await? {
+                    Ok(match self.usage_group_once(&items, &mut one, mode, recorded).await? {
                         UsageGroupOutcome::Refused { results } => UsageTxOutcome::Refused { results },
                         UsageGroupOutcome::Done(outcomes) => match outcomes.first() {
                             Some(UsageItemOutcome::NoOrg) => UsageTxOutcome::NoOrg,
@@ -1204,6 +1224,7 @@ macro_rules! shared_usage {
                     items: &[(OrgId, UsageReads)],
                     decide: &mut UsageGroupDecision<'_>,
                     mode: Mode,
+                    recorded: Recorded,
                 ) -> Result<UsageGroupOutcome, StoreError> {
                     let orgs = distinct(items.iter().map(|(org, _)| org.as_uuid()));
                     if orgs.len() != items.len() || items.len() > USAGE_GROUP_MAX {
@@ -1269,7 +1290,10 @@ macro_rules! shared_usage {
                         distinct(present.iter().flat_map(|(_, reads)| reads.spend.iter().copied()));
                     let keys_used = distinct(present.iter().filter_map(|(_, reads)| reads.key));
                     let live = live_keys(&mut tx, &keys_used).await?;
-                    let mut recorded_all = recorded(&mut tx, &event_pairs).await?;
+                    let mut recorded_all = match recorded {
+                        Recorded::Read => read_recorded(&mut tx, &event_pairs).await?,
+                        Recorded::AssumedNone => HashMap::new(),
+                    };
                     let balances_all = balances(&mut tx, &accounts).await?;
                     let spent_all = spent(&mut tx, &keys).await?;
                     let held_all = held(&mut tx, &locked, &keys, &reservation_pairs, now).await?;
@@ -1556,7 +1580,13 @@ macro_rules! shared_usage {
                     let decide = &decide;
                     self.retrying(USAGE_MODE, |mode| async move {
                         let mut decide = decide.lock().await;
-                        self.usage_tx_once(org, reads, &mut **decide, mode).await
+                        let first = if reads.replays_only { Recorded::AssumedNone } else { Recorded::Read };
+                        match self.usage_tx_once(org, reads, &mut **decide, mode, first).await {
+                            Err(error) if first == Recorded::AssumedNone && error.is_unique_violation() => {
+                                self.usage_tx_once(org, reads, &mut **decide, mode, Recorded::Read).await
+                            }
+                            other => other,
+                        }
                     })
                     .await
                 }
@@ -1570,7 +1600,17 @@ macro_rules! shared_usage {
                     let decide = &decide;
                     self.retrying(USAGE_MODE, |mode| async move {
                         let mut decide = decide.lock().await;
-                        self.usage_group_once(items, &mut **decide, mode).await
+                        let first = if items.iter().all(|(_, reads)| reads.replays_only) {
+                            Recorded::AssumedNone
+                        } else {
+                            Recorded::Read
+                        };
+                        match self.usage_group_once(items, &mut **decide, mode, first).await {
+                            Err(error) if first == Recorded::AssumedNone && error.is_unique_violation() => {
+                                self.usage_group_once(items, &mut **decide, mode, Recorded::Read).await
+                            }
+                            other => other,
+                        }
                     })
                     .await
                 }
