@@ -475,11 +475,7 @@ impl Usage {
             budgets,
             reads,
         };
-        let (recorded, crossed) = if prepared.priced.len() <= group::GROUPED_EVENTS_MAX {
-            self.groups.submit(&self.ledger, prepared).await?
-        } else {
-            group::alone(self.store(), &prepared).await?
-        };
+        let (recorded, crossed) = self.groups.submit(&self.ledger, prepared).await?;
         *alerts = crossed;
         Ok(recorded)
     }
