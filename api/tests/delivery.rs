@@ -894,7 +894,8 @@ async fn credex_serve_delivers_what_is_queued(db: &TestDb) {
     assert_eq!(body["threshold_percent"], 50);
     server.assert_running();
     server.sigterm();
-    assert!(server.wait_stopped().success(), "{}", server.log());
+    let status = server.wait_stopped();
+    assert!(status.success(), "exited with {status}:\n{}", server.log());
 }
 
 /// A budget or webhook created with an `Idempotency-Key` is created once: a retry answers the

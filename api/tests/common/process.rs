@@ -23,6 +23,8 @@ pub struct Server {
     pub port: u16,
     said_port: std::sync::mpsc::Receiver<u16>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads the process's standard error into `log` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -65,7 +67,7 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
         let (sender, said_port) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("port=") {
                     let digits: String = line[at + 5..]
@@ -84,6 +86,7 @@ impl Server {
             port: 0,
             said_port,
             log,
+            reader: Some(reader),
             _dir: dir,
         }
     }
@@ -124,11 +127,15 @@ impl Server {
         assert!(sent.success(), "kill -TERM {pid}");
     }
 
-    /// Waits for the process to exit after SIGTERM.
+    /// Waits for the process to exit after SIGTERM, and for its last log lines to be read (so
+    /// that [`Server::log`] holds all it said).
     pub fn wait_stopped(&mut self) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(
