@@ -164,6 +164,15 @@ impl StoreError {
         Self::Corrupt(what.to_string())
     }
 
+    /// Whether a write met a row already there under a unique key (SQLSTATE 23505 on
+    /// PostgreSQL, a primary key or unique constraint on SQLite).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db.is_unique_violation(),
+            _ => false,
+        }
+    }
+
     /// Whether the failure is the database's being out of reach or over capacity for now,
     /// not anything about the request or the data: the connection broke or could not be had
     /// (a restart, a failover, a full pool), the server is shutting down or refusing
@@ -182,17 +191,6 @@ impl StoreError {
             | Self::UnsupportedUrl
             | Self::Account(_)
             | Self::SpeculationMissed => false,
-        }
-    }
-}
-
-impl StoreError {
-    /// Whether a write met a row already there under a unique key (SQLSTATE 23505 on
-    /// PostgreSQL, a primary key or unique constraint on SQLite).
-    pub(crate) fn is_unique_violation(&self) -> bool {
-        match self {
-            Self::Database(sqlx::Error::Database(db)) => db.is_unique_violation(),
-            _ => false,
         }
     }
 }

@@ -1203,11 +1203,10 @@ macro_rules! shared_usage {
                     reads: &UsageReads,
                     decide: &mut UsageDecision<'_>,
                     mode: Mode,
-                    recorded: Recorded,
                 ) -> Result<UsageTxOutcome, StoreError> {
                     let items = [(org, reads.clone())];
                     let mut one = |_: usize, view: &UsageView| decide(view);
-                    Ok(match self.usage_group_once(&items, &mut one, mode, recorded).await? {
+                    Ok(match self.usage_group_once(&items, &mut one, mode).await? {
                         UsageGroupOutcome::Refused { results } => UsageTxOutcome::Refused { results },
                         UsageGroupOutcome::Done(outcomes) => match outcomes.first() {
                             Some(UsageItemOutcome::NoOrg) => UsageTxOutcome::NoOrg,
@@ -1219,7 +1218,27 @@ macro_rules! shared_usage {
                     })
                 }
 
+                /// One try of the group's transaction: assuming no event recorded when every
+                /// part allows it, and once more reading them if an insert met one
+                /// ([`Recorded`]).
                 async fn usage_group_once(
+                    &self,
+                    items: &[(OrgId, UsageReads)],
+                    decide: &mut UsageGroupDecision<'_>,
+                    mode: Mode,
+                ) -> Result<UsageGroupOutcome, StoreError> {
+                    if !items.iter().all(|(_, reads)| reads.replays_only) {
+                        return self.usage_group_attempt(items, decide, mode, Recorded::Read).await;
+                    }
+                    match self.usage_group_attempt(items, decide, mode, Recorded::AssumedNone).await {
+                        Err(error) if error.is_unique_violation() => {
+                            self.usage_group_attempt(items, decide, mode, Recorded::Read).await
+                        }
+                        other => other,
+                    }
+                }
+
+                async fn usage_group_attempt(
                     &self,
                     items: &[(OrgId, UsageReads)],
                     decide: &mut UsageGroupDecision<'_>,
@@ -1580,13 +1599,7 @@ macro_rules! shared_usage {
                     let decide = &decide;
                     self.retrying(USAGE_MODE, |mode| async move {
                         let mut decide = decide.lock().await;
-                        let first = if reads.replays_only { Recorded::AssumedNone } else { Recorded::Read };
-                        match self.usage_tx_once(org, reads, &mut **decide, mode, first).await {
-                            Err(error) if first == Recorded::AssumedNone && error.is_unique_violation() => {
-                                self.usage_tx_once(org, reads, &mut **decide, mode, Recorded::Read).await
-                            }
-                            other => other,
-                        }
+                        self.usage_tx_once(org, reads, &mut **decide, mode).await
                     })
                     .await
                 }
@@ -1600,17 +1613,7 @@ macro_rules! shared_usage {
                     let decide = &decide;
                     self.retrying(USAGE_MODE, |mode| async move {
                         let mut decide = decide.lock().await;
-                        let first = if items.iter().all(|(_, reads)| reads.replays_only) {
-                            Recorded::AssumedNone
-                        } else {
-                            Recorded::Read
-                        };
-                        match self.usage_group_once(items, &mut **decide, mode, first).await {
-                            Err(error) if first == Recorded::AssumedNone && error.is_unique_violation() => {
-                                self.usage_group_once(items, &mut **decide, mode, Recorded::Read).await
-                            }
-                            other => other,
-                        }
+                        self.usage_group_once(items, &mut **decide, mode).await
                     })
                     .await
                 }
