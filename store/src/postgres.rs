@@ -407,9 +407,9 @@ mod dialect {
     /// Inserts usage calls with one `COPY … FROM STDIN (FORMAT binary)`: PostgreSQL writes
     /// the heap rows a page at a time (one WAL record per page rather than one per row, as
     /// `INSERT` does) and skips the executor. `COPY` has no `ON CONFLICT`: a call already
-    /// recorded fails the statement, and so the transaction, with a unique violation; the
-    /// usage transaction reads the calls it may meet first, under the org's lock, so that
-    /// never happens unless the books are wrong.
+    /// recorded fails the statement, and so the transaction, with a unique violation, which
+    /// the usage transaction takes as its cue to run again reading the calls it meets
+    /// (`Recorded` in `usage.rs`).
     pub async fn insert_usage_events(
         conn: &mut PgConnection,
         records: &[UsageRecord],
@@ -417,9 +417,11 @@ mod dialect {
         if records.is_empty() {
             return Ok(());
         }
+        // One field per column, in the order of `USAGE_COLUMNS`.
+        let fields = USAGE_COLUMNS.split(',').count();
         let mut data = CopyBinary::new(records.len() * 400);
         for record in records {
-            data.row(23);
+            data.row(fields);
             data.uuid(record.org.as_uuid());
             data.uuid(record.id);
             data.text(Some(&record.model));
@@ -436,7 +438,7 @@ mod dialect {
             data.text(record.task.as_deref());
             data.text(record.conversation.as_deref());
             data.text(record.metadata.as_deref());
-            data.bytes(Some(record.fingerprint.as_slice()));
+            data.field(Some(record.fingerprint.as_slice()));
             data.text(Some(&transfer_ids_json(&record.transfer_ids)));
         }
         let mut copy = conn
@@ -492,7 +494,8 @@ mod dialect {
 /// count and each field as its length (-1 for NULL) and its binary send form, then a trailer.
 struct CopyBinary {
     buf: Vec<u8>,
-    /// A value longer than a field can say (2 GiB) was given: the data is refused.
+    /// A value longer than a field can say (2 GiB), or a row of more fields than its count
+    /// can say, was given: the data is refused.
     oversized: bool,
 }
 
@@ -508,8 +511,11 @@ impl CopyBinary {
         }
     }
 
-    fn row(&mut self, fields: i16) {
-        self.buf.extend_from_slice(&fields.to_be_bytes());
+    fn row(&mut self, fields: usize) {
+        match i16::try_from(fields) {
+            Ok(fields) => self.buf.extend_from_slice(&fields.to_be_bytes()),
+            Err(_) => self.oversized = true,
+        }
     }
 
     fn field(&mut self, value: Option<&[u8]>) {
@@ -541,13 +547,9 @@ impl CopyBinary {
         self.field(value.map(str::as_bytes));
     }
 
-    fn bytes(&mut self, value: Option<&[u8]>) {
-        self.field(value);
-    }
-
     fn finish(mut self) -> Result<Vec<u8>, StoreError> {
         if self.oversized {
-            return Err(StoreError::corrupt("a value too long for COPY"));
+            return Err(StoreError::corrupt("a value or a row too long for COPY"));
         }
         self.buf.extend_from_slice(&(-1_i16).to_be_bytes());
         Ok(self.buf)
